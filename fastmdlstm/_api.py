@@ -1,0 +1,339 @@
+"""Public functions: argument checks, layout canonicalisation and dispatch.
+
+Every check runs before anything is written, so a call that raises leaves the
+caller's buffers untouched.
+"""
+
+import warnings
+
+import numpy as np
+
+from . import _dispatch, _reference
+
+try:  # the package must work (python backend) where numba cannot be imported
+    from . import _kernels
+    import numba
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised in a subprocess test
+    _kernels = None
+    numba = None
+    HAVE_NUMBA = False
+
+__all__ = ["forward", "forward_inplace", "init_params", "choose_backend",
+           "parse_directions", "HAVE_NUMBA"]
+
+VARIANTS = ("slstm", "graves")
+BACKENDS = ("auto", "numba", "python")
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+DIRECTION_NAMES = {"tl": (1, 1), "tr": (1, -1), "bl": (-1, 1), "br": (-1, -1)}
+_warned_no_numba = False
+
+
+# --- argument checks ---------------------------------------------------------
+
+
+def _as_float_array(value, name):
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}")
+    return value
+
+
+def _check_choice(value, name, allowed):
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def _check_x(x):
+    x = _as_float_array(x, "x")
+    if not 3 <= x.ndim <= 5:
+        raise ValueError(
+            f"x must have shape (B, *spatial, C) with 1 to 3 spatial axes, "
+            f"got ndim={x.ndim}")
+    return x, x.ndim - 2
+
+
+def _check_params(weights, bias, d, channels, dtype):
+    """weights (Z, C + d*N, (3+d)*N) and bias (Z, (3+d)*N), cast to dtype."""
+    for name, value in (("weights", weights), ("bias", bias)):
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
+        if value.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must have a float32 or float64 dtype, got {value.dtype}")
+    if weights.ndim == 2:
+        weights = weights[None]
+    if weights.ndim != 3:
+        raise ValueError(f"weights must be 2-D or 3-D (Z, C + {d}*N, {3 + d}*N), "
+                         f"got ndim={weights.ndim}")
+    z, rows, gates = weights.shape
+    if gates == 0 or gates % (3 + d):
+        raise ValueError(f"weights has {gates} columns; a {d}-D cell needs "
+                         f"{3 + d}*N (gate blocks g, o, i and {d} forget gates)")
+    n = gates // (3 + d)
+    if rows != channels + d * n:
+        raise ValueError(f"weights has {rows} rows; x has {channels} channels and N={n}, "
+                         f"so a {d}-D cell needs C + {d}*N = {channels + d * n} rows")
+    if bias.ndim == 1 and z == 1:
+        bias = bias[None]
+    if bias.shape != (z, gates):
+        raise ValueError(f"bias must have shape ({z}, {gates}) to match weights "
+                         f"{weights.shape}, got {bias.shape}")
+    # Parameters are small: a C-contiguous copy in x's dtype is cheap.
+    return (np.ascontiguousarray(weights, dtype=dtype),
+            np.ascontiguousarray(bias, dtype=dtype), n)
+
+
+def parse_directions(directions, d, count=None):
+    """Sign tuples (Z, d) for directions given as names or sign tuples."""
+    if directions is None:
+        directions = [(1,) * d]
+    elif isinstance(directions, str) or (
+            isinstance(directions, tuple) and directions
+            and all(isinstance(s, (int, np.integer)) for s in directions)):
+        directions = [directions]  # one direction given on its own
+    try:
+        entries = list(directions)
+    except TypeError:
+        raise TypeError("directions must be a sequence of names or sign tuples, "
+                        f"got {type(directions).__name__}") from None
+    signs = []
+    for entry in entries:
+        if isinstance(entry, str):
+            if d != 2 or entry not in DIRECTION_NAMES:
+                names = tuple(DIRECTION_NAMES) if d == 2 else "none"
+                raise ValueError(f"directions: unknown direction {entry!r} for a "
+                                 f"{d}-D input (names: {names}; or sign tuples)")
+            signs.append(DIRECTION_NAMES[entry])
+            continue
+        try:
+            sign = tuple(entry)
+        except TypeError:
+            raise TypeError(f"directions: each entry must be a name or a tuple of "
+                            f"+1/-1, got {entry!r}") from None
+        if len(sign) != d or any(
+                isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer))
+                or s not in (1, -1) for s in sign):
+            raise ValueError(f"directions: {entry!r} is not a tuple of {d} entries "
+                             "each +1 or -1")
+        signs.append(tuple(int(s) for s in sign))
+    if not signs:
+        raise ValueError("directions must name at least one direction")
+    if count is not None and len(signs) != count:
+        raise ValueError(f"directions has {len(signs)} entries but weights holds "
+                         f"Z={count} directions")
+    return np.array(signs, dtype=np.int64).reshape(len(signs), d)
+
+
+def _check_sizes(sizes, batch, spatial):
+    d = len(spatial)
+    if sizes is None:
+        return np.tile(np.array(spatial, dtype=np.int64), (batch, 1)), False
+    if not isinstance(sizes, np.ndarray):
+        try:
+            sizes = np.asarray(sizes)
+        except Exception:
+            raise TypeError("sizes must be an integer array of shape (B, d)") from None
+    if sizes.dtype == np.bool_ or not np.issubdtype(sizes.dtype, np.integer):
+        if not (sizes.size == 0 and sizes.dtype == np.float64):  # np.asarray([])
+            raise TypeError(f"sizes must be an integer array, got dtype {sizes.dtype}")
+    if sizes.shape != (batch, d):
+        raise ValueError(f"sizes must have shape (B, d) = ({batch}, {d}), got {sizes.shape}")
+    sizes = sizes.astype(np.int64)
+    if (sizes < 1).any():
+        raise ValueError("sizes must be >= 1 along every axis")
+    if (sizes > np.array(spatial, dtype=np.int64)).any():
+        raise ValueError(f"sizes must not exceed the padded spatial shape {tuple(spatial)}")
+    return sizes, bool((sizes != np.array(spatial)).any())
+
+
+def _check_buffer(buf, name, shape, dtype, others):
+    if not isinstance(buf, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(buf).__name__}")
+    if buf.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (that of x), got {buf.dtype}")
+    if buf.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {buf.shape}")
+    if not buf.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    for other_name, other in others:
+        if np.may_share_memory(buf, other):
+            raise ValueError(f"{name} must not share memory with {other_name}")
+    return buf
+
+
+def _resolve_backend(backend, macs_args):
+    global _warned_no_numba
+    _check_choice(backend, "backend", BACKENDS)
+    if backend == "python":
+        return _dispatch.Choice("python", "reference", "requested")
+    if backend == "numba":
+        if not HAVE_NUMBA:
+            raise ValueError("backend='numba' was requested but numba cannot be imported")
+        choice = _dispatch.choose(*macs_args, numba.get_num_threads(), True)
+        return choice._replace(reason="requested; " + choice.reason)
+    choice = _dispatch.choose(*macs_args, numba.get_num_threads() if HAVE_NUMBA else 1,
+                              HAVE_NUMBA)
+    if not HAVE_NUMBA and not _warned_no_numba:
+        _warned_no_numba = True
+        warnings.warn("fastmdlstm: numba cannot be imported; backend='auto' uses the "
+                      "pure-Python fallback (slow)", RuntimeWarning, stacklevel=3)
+    return choice
+
+
+def _canonical(a, d):
+    """View with leading singleton spatial axes: (B, *S, K) -> (B, S0, S1, S2, K)."""
+    return a[(slice(None),) + (None,) * (3 - d)]
+
+
+def _canonical_rows(rows, d, fill):
+    """(M, d) int64 -> (M, 3) with the leading fill value on the dummy axes."""
+    full = np.full((rows.shape[0], 3), fill, dtype=np.int64)
+    full[:, 3 - d:] = rows
+    return full
+
+
+# --- public API -----------------------------------------------------------------
+
+
+def choose_backend(x, weights, *, directions=None, backend="auto"):
+    """What forward(x, weights, ...) would run: a Choice(backend, driver, reason).
+
+    x and weights may be arrays or anything with a .shape (only shapes are used).
+    """
+    shape = tuple(np.shape(x))
+    w_shape = tuple(np.shape(weights))
+    if not 3 <= len(shape) <= 5:
+        raise ValueError(f"x must have shape (B, *spatial, C), got {shape}")
+    d = len(shape) - 2
+    z = 1 if len(w_shape) == 2 else w_shape[0]
+    if directions is not None:
+        z = len(parse_directions(directions, d))
+    n = w_shape[-1] // (3 + d)
+    return _resolve_backend(backend, (shape[0], shape[1:-1], shape[-1], n, z))
+
+
+def forward(x, weights, bias, *, variant="slstm", directions=None, sizes=None,
+            backend="auto", out=None, return_cell=False):
+    """Multi-dimensional LSTM forward over a batch, all directions.
+
+    x (B, *spatial, C) float32/float64 with 1-3 spatial axes (any strides);
+    weights (Z, C + d*N, (3+d)*N) or 2-D for Z=1; bias (Z, (3+d)*N) or 1-D.
+    Float parameters of the other dtype are cast to x's dtype.
+    Returns h (B, *spatial, Z*N), or (h, c) if return_cell.
+    """
+    x, d = _check_x(x)
+    _check_choice(variant, "variant", VARIANTS)
+    if not isinstance(return_cell, (bool, np.bool_)):
+        raise TypeError("return_cell must be a bool")
+    batch, spatial, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
+    w, b, n = _check_params(weights, bias, d, channels, x.dtype)
+    z = w.shape[0]
+    signs = parse_directions(directions, d, count=z)
+    sizes, ragged = _check_sizes(sizes, batch, spatial)
+    out_shape = (batch,) + spatial + (z * n,)
+    if out is None:
+        out = np.empty(out_shape, dtype=x.dtype)
+    else:
+        _check_buffer(out, "out", out_shape, x.dtype, [("x", x)])
+    choice = _resolve_backend(backend, (batch, spatial, channels, n, z))
+    cell = np.empty(out_shape, dtype=x.dtype) if return_cell else None
+    if out.size:
+        if choice.backend == "python":
+            _reference.forward(x, w, b, variant, signs, sizes, out, cell)
+        else:
+            _run_forward_kernel(choice.driver, x, w, b, d, variant, signs,
+                                sizes, ragged, out, cell)
+    return (out, cell) if return_cell else out
+
+
+def _zero_outside(buf, sizes, spatial):
+    """Exact zeros outside each sample's valid region (the kernels skip it)."""
+    for bi, size in enumerate(sizes):
+        if tuple(size) == tuple(spatial):
+            continue
+        for k, s in enumerate(size):
+            region = (bi,) + tuple(slice(0, int(v)) for v in size[:k]) + (slice(int(s), None),)
+            buf[region] = 0
+
+
+def _run_forward_kernel(driver, x, w, b, d, variant, signs, sizes, ragged, out, cell):
+    if ragged:
+        _zero_outside(out, sizes, x.shape[1:-1])
+        if cell is not None:
+            _zero_outside(cell, sizes, x.shape[1:-1])
+    empty = np.empty((0,) * 5, dtype=x.dtype)
+    _kernels.DRIVERS[driver](
+        _canonical(x, d), w, b, d, _kernels.VARIANTS[variant],
+        _canonical_rows(sizes, d, 1), _canonical_rows(signs, d, 1), False,
+        empty, empty, _canonical(out, d),
+        empty if cell is None else _canonical(cell, d), _kernels.DEFAULT_GROUP)
+
+
+def forward_inplace(x, weights, bias, h, c, *, variant="slstm", backend="auto"):
+    """One scan from the origin corner, in place over preallocated states.
+
+    x (B, *S, C); weights (C + d*N, (3+d)*N) (or (1, ...)); bias ((3+d)*N,);
+    h, c (B, *(S+1), N) of x's dtype. Index 0 along each spatial axis holds the
+    boundary states (only read); h[:, 1:, 1:] and c[:, 1:, 1:] (2-D) are
+    written. Returns None. Allocates nothing that grows with the image.
+    """
+    x, d = _check_x(x)
+    _check_choice(variant, "variant", VARIANTS)
+    batch, spatial, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
+    w, b, n = _check_params(weights, bias, d, channels, x.dtype)
+    if w.shape[0] != 1:
+        raise ValueError(f"weights must hold one direction for forward_inplace, "
+                         f"got Z={w.shape[0]}")
+    state_shape = (batch,) + tuple(s + 1 for s in spatial) + (n,)
+    _check_buffer(h, "h", state_shape, x.dtype, [("x", x)])
+    _check_buffer(c, "c", state_shape, x.dtype, [("x", x), ("h", h)])
+    choice = _resolve_backend(backend, (batch, spatial, channels, n, 1))
+    if batch == 0 or 0 in spatial:
+        return None
+    if choice.backend == "python":
+        _reference.scan_padded(x, w[0], b[0], h, c, variant)
+        return None
+    sizes = np.tile(np.array((1,) * (3 - d) + spatial, dtype=np.int64), (batch, 1))
+    empty = np.empty((0,) * 5, dtype=x.dtype)
+    _kernels.DRIVERS[choice.driver](
+        _canonical(x, d), w, b, d, _kernels.VARIANTS[variant], sizes,
+        np.ones((1, 3), dtype=np.int64), True, _canonical(h, d), _canonical(c, d),
+        empty, empty, _kernels.DEFAULT_GROUP)
+    return None
+
+
+def init_params(input_size, hidden_size, *, directions=1, dtype=np.float32,
+                seed=None, ndim=2):
+    """Weights (Z, C + d*N, (3+d)*N) and bias (Z, (3+d)*N) for a fresh layer.
+
+    Weights ~ U(-1/sqrt(N), 1/sqrt(N)) (the PyTorch LSTM convention); biases
+    zero except the forget gates', which are 1 so that early in training a
+    cell keeps its predecessors' state. directions: a count Z or a sequence.
+    Reproducible with seed (numpy.random.default_rng).
+    """
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if isinstance(ndim, (bool, np.bool_)) or not isinstance(ndim, (int, np.integer)) \
+            or not 1 <= ndim <= 3:
+        raise ValueError(f"ndim must be 1, 2 or 3, got {ndim!r}")
+    if isinstance(directions, (int, np.integer)) and not isinstance(directions, bool):
+        if directions < 1:
+            raise ValueError(f"directions must be >= 1, got {directions}")
+        z = int(directions)
+    else:
+        z = len(parse_directions(directions, ndim))
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    n, d = int(hidden_size), int(ndim)
+    rng = np.random.default_rng(seed)
+    bound = 1.0 / np.sqrt(n)
+    weights = rng.uniform(-bound, bound, size=(z, input_size + d * n, (3 + d) * n))
+    bias = np.zeros((z, (3 + d) * n))
+    bias[:, 3 * n:] = 1.0
+    return weights.astype(dtype), bias.astype(dtype)
