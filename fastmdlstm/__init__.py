@@ -1,7 +1,13 @@
 """fastmdlstm: Numba-accelerated multi-dimensional LSTMs (Spatial LSTM, MDLSTM)."""
 
-from ._api import (HAVE_NUMBA, choose_backend, forward, forward_inplace, init_params,
-                   parse_directions)
+from ._api import (
+    HAVE_NUMBA,
+    choose_backend,
+    forward,
+    forward_inplace,
+    init_params,
+    parse_directions,
+)
 from ._dispatch import Choice
 from ._layers import MDLSTM, MDLSTM2D, MDLSTM3D
 
@@ -10,3 +16,6 @@ __version__ = "0.1.0"
 __all__ = ["forward", "forward_inplace", "init_params", "choose_backend", "Choice",
            "MDLSTM", "MDLSTM2D", "MDLSTM3D", "HAVE_NUMBA", "parse_directions",
            "__version__"]
+
+if HAVE_NUMBA:
+    from . import kernels  # noqa: F401  (kernel-level entry points for @njit code)

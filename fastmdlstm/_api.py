@@ -11,8 +11,9 @@ import numpy as np
 from . import _dispatch, _reference
 
 try:  # the package must work (python backend) where numba cannot be imported
-    from . import _kernels
     import numba
+
+    from . import _kernels
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised in a subprocess test
     _kernels = None
@@ -200,10 +201,10 @@ def _canonical_rows(rows, d, fill):
 def choose_backend(x, weights, *, directions=None, backend="auto"):
     """What forward(x, weights, ...) would run: a Choice(backend, driver, reason).
 
-    x and weights may be arrays or anything with a .shape (only shapes are used).
+    x and weights may be arrays (anything with a .shape) or shape tuples.
     """
-    shape = tuple(np.shape(x))
-    w_shape = tuple(np.shape(weights))
+    shape = tuple(int(v) for v in (x.shape if hasattr(x, "shape") else x))
+    w_shape = tuple(int(v) for v in (weights.shape if hasattr(weights, "shape") else weights))
     if not 3 <= len(shape) <= 5:
         raise ValueError(f"x must have shape (B, *spatial, C), got {shape}")
     d = len(shape) - 2

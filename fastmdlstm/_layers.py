@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from ._api import forward, init_params, parse_directions, VARIANTS, FLOAT_DTYPES
+from ._api import FLOAT_DTYPES, VARIANTS, forward, init_params, parse_directions
 
 FORMAT_VERSION = 1
 

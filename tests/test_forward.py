@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
-
-import fastmdlstm
-from fastmdlstm import _api
+from conftest import TOL, make_problem
 from naive import forward as naive_forward
 from naive import scan as naive_scan
 
-from conftest import TOL, make_problem
+import fastmdlstm
+from fastmdlstm import _api
 
 needs_numba = pytest.mark.skipif(not fastmdlstm.HAVE_NUMBA, reason="numba not importable")
 BACKENDS = ["python", pytest.param("numba", marks=needs_numba)]

@@ -1,0 +1,136 @@
+"""Kernel-level contracts: activation accuracy, user @njit code, no-numba import."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import make_problem
+from naive import scan as naive_scan
+
+import fastmdlstm
+
+numba = pytest.importorskip("numba")
+from fastmdlstm import _kernels  # noqa: E402
+
+
+def float32_probe_points():
+    """A dense grid over the whole interesting range, saturation included, plus
+    random bit patterns spread over all finite float32 and special values."""
+    grid = np.linspace(-20, 20, 4_000_001, dtype=np.float32)
+    fine = np.linspace(-1e-3, 1e-3, 200_001, dtype=np.float32)
+    bits = np.random.default_rng(0).integers(0, 2**32, 2_000_000, dtype=np.uint64)
+    spread = bits.astype(np.uint32).view(np.float32)
+    spread = spread[np.isfinite(spread)]
+    special = np.array([0.0, -0.0, 1e-45, -1e-45, 1.17e-38, 3.4e38, -3.4e38,
+                        8.9, 9.0, 9.1, -9.0, 17.9, 18.0, 18.1, -18.0], np.float32)
+    return np.concatenate([grid, fine, spread, special])
+
+
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_float32_activation_error(sigmoid):
+    x = float32_probe_points()
+    got = np.empty_like(x)
+    _kernels.activation_array(x, got, sigmoid)
+    x64 = x.astype(np.float64)
+    want = 0.5 + 0.5 * np.tanh(0.5 * x64) if sigmoid else np.tanh(x64)
+    err = np.abs(got.astype(np.float64) - want)
+    assert err.max() <= 5e-7, (err.max(), x[err.argmax()])
+
+
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_float64_activation_error(sigmoid):
+    x = np.concatenate([np.linspace(-40, 40, 2_000_001),
+                        np.random.default_rng(1).standard_normal(500_000) * 10,
+                        [0.0, -0.0, 5e-324, 1e300, -1e300]])
+    got = np.empty_like(x)
+    _kernels.activation_array(x, got, sigmoid)
+    want = 0.5 + 0.5 * np.tanh(0.5 * x) if sigmoid else np.tanh(x)
+    assert np.abs(got - want).max() <= 1e-12
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activation_special_values(dtype):
+    x = np.array([np.nan, np.inf, -np.inf, 0.0], dtype)
+    got = np.empty_like(x)
+    _kernels.activation_array(x, got, False)
+    assert np.isnan(got[0]) and got[1] == 1 and got[2] == -1 and got[3] == 0
+    _kernels.activation_array(x, got, True)
+    assert np.isnan(got[0]) and got[1] == 1 and got[2] == 0 and got[3] == 0.5
+
+
+def test_user_njit_code_calls_the_kernel():
+    """The documented kernel-level entry point, called from a user's @njit."""
+    kernel = fastmdlstm.kernels.forward_inplace_2d
+
+    @numba.njit
+    def user_pipeline(frames, weights, bias, h, c):
+        # e.g. the same layer over a sequence of batches, states reused
+        total = 0.0
+        for k in range(frames.shape[0]):
+            h[:, 1:, 1:] = 0
+            c[:, 1:, 1:] = 0
+            kernel(frames[k], weights, bias, h, c, 0)
+            total += h[:, 1:, 1:].sum()
+        return total
+
+    x, w, b = make_problem(2, (4, 5), 3, 4, seed=31)
+    frames = np.stack([x, -x])
+    h = np.zeros((2, 5, 6, 4))
+    c = np.zeros_like(h)
+    total = user_pipeline(frames, w[0], b[0], h, c)
+    expected = 0.0
+    for frame in frames:
+        for k in range(2):
+            expected += naive_scan(frame[k], w[0], b[0])[0].sum()
+    assert total == pytest.approx(expected, abs=1e-9)
+    h_ref, c_ref = naive_scan(-x[1], w[0], b[0])
+    np.testing.assert_allclose(h[1, 1:, 1:], h_ref, atol=1e-10)
+    np.testing.assert_allclose(c[1, 1:, 1:], c_ref, atol=1e-10)
+
+
+BLOCK_NUMBA = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numba" or name.startswith("numba."):
+            raise ImportError("numba blocked for this test")
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def test_package_works_without_numba(tmp_path):
+    script = BLOCK_NUMBA + textwrap.dedent("""
+        import warnings
+        import numpy as np
+        import fastmdlstm
+        assert not fastmdlstm.HAVE_NUMBA
+        x = np.random.default_rng(0).standard_normal((2, 3, 4, 2))
+        w, b = fastmdlstm.init_params(2, 3, dtype=np.float64, seed=1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            h1 = fastmdlstm.forward(x, w, b)          # auto -> python, warns once
+            h2 = fastmdlstm.forward(x, w, b)
+        assert len(caught) == 1 and "numba" in str(caught[0].message), caught
+        h3 = fastmdlstm.forward(x, w, b, backend="python")
+        assert (h1 == h2).all() and (h1 == h3).all()
+        print(fastmdlstm.choose_backend(x, w).backend)
+        try:
+            fastmdlstm.forward(x, w, b, backend="numba")
+        except ValueError as err:
+            assert "backend" in str(err)
+        else:
+            raise AssertionError("numba backend should be refused")
+        np.save(sys.argv[1], h1)
+    """)
+    out = tmp_path / "h.npy"
+    result = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
+                            text=True, env=dict(os.environ), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "python"
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 2))
+    w, b = fastmdlstm.init_params(2, 3, dtype=np.float64, seed=1)
+    np.testing.assert_allclose(np.load(out), fastmdlstm.forward(x, w, b, backend="numba"),
+                               atol=1e-10)
