@@ -24,7 +24,6 @@ def scan(x, weights, bias, variant="slstm", h0=None, c0=None):
     bias = np.asarray(bias, dtype=np.float64)
     spatial = x.shape[:-1]
     d = len(spatial)
-    n_in = x.shape[-1]
     n = weights.shape[1] // (3 + d)
     padded = tuple(s + 1 for s in spatial) + (n,)
     h = np.zeros(padded) if h0 is None else np.array(h0, dtype=np.float64)
