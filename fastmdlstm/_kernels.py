@@ -395,12 +395,16 @@ def scan_batch_parallel(x, w, bias, d, variant, sizes, signs, inplace,
 def scan_wavefront(x, w, bias, d, variant, sizes, signs, inplace,
                    h_state, c_state, out, cell_out, group):
     """One parallel region per plane: threads share out the groups of cells of
-    plane t over all (sample, direction) pairs (for small batches)."""
+    plane t over all (sample, direction) pairs (for small batches).
+
+    Each plane's groups are listed first, so the static schedule splits equal
+    groups evenly; splitting a fixed index range instead would hand all the
+    work of the first planes (low i only) to one thread.
+    """
     z_count, n_rows, n_gates = w.shape
     n = n_gates // (3 + d)
     pairs = x.shape[0] * z_count
     s0 = x.shape[1]
-    n_groups = (x.shape[2] + group - 1) // group
     roll_shape = (pairs, 2, s0, x.shape[2], n)
     if inplace:
         roll_shape = (pairs, 2, 0, 0, n)
@@ -409,26 +413,29 @@ def scan_wavefront(x, w, bias, d, variant, sizes, signs, inplace,
     planes = 0
     for b in range(x.shape[0]):
         planes = max(planes, sizes[b, 0] + sizes[b, 1] + sizes[b, 2] - 2)
-    items = pairs * s0 * n_groups
+    work = np.empty((pairs * s0 * ((x.shape[2] + group - 1) // group), 4), np.int64)
     for t in range(planes):
-        for item in prange(items):
-            bz = item // (s0 * n_groups)
-            a = (item // n_groups) % s0
+        count = 0
+        for bz in range(pairs):
+            size = sizes[bz // z_count]
+            if t >= size[0] + size[1] + size[2] - 2:
+                continue
+            a_lo, a_hi = _plane_a_range(t, size)
+            for a in range(a_lo, a_hi + 1):
+                i_lo, i_hi = _plane_i_range(t, a, size)
+                for i0 in range(i_lo, i_hi + 1, group):
+                    work[count, 0] = bz
+                    work[count, 1] = a
+                    work[count, 2] = i0
+                    work[count, 3] = min(group, i_hi + 1 - i0)
+                    count += 1
+        for item in prange(count):
+            bz = work[item, 0]
             b = bz // z_count
             z = bz % z_count
-            size = sizes[b]
-            a_lo, a_hi = _plane_a_range(t, size)
-            if t >= size[0] + size[1] + size[2] - 2 or a < a_lo or a > a_hi:
-                continue
-            i_lo, i_hi = _plane_i_range(t, a, size)
-            i0 = max(i_lo, (item % n_groups) * group)
-            i1 = min(i_hi + 1, (item % n_groups + 1) * group)
-            if i0 >= i1:
-                continue
-            rows, c_prev, acc, h_new, c_new = _scratch(
-                n_rows, n_gates, d, n, group, x)
-            _group(b, z, t, a, i0, i1 - i0, x, w, bias, d, n, variant,
-                   size, signs[z], inplace, h_state, c_state, roll_h[bz],
+            rows, c_prev, acc, h_new, c_new = _scratch(n_rows, n_gates, d, n, group, x)
+            _group(b, z, t, work[item, 1], work[item, 2], work[item, 3], x, w, bias, d, n,
+                   variant, sizes[b], signs[z], inplace, h_state, c_state, roll_h[bz],
                    roll_c[bz], out, cell_out, rows, c_prev, acc, h_new, c_new)
 
 

@@ -1,0 +1,41 @@
+"""pytest-benchmark suite. Quick smoke mode (each benchmark runs once, untimed):
+    pytest bench --benchmark-disable
+Full run, saved for comparison across commits:
+    pytest bench --benchmark-autosave --benchmark-json=bench/results.json
+"""
+
+import numba
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def run_bench(benchmark):
+    """benchmark(fn) after an explicit warm-up call: pytest-benchmark's own
+    warm-up is off by default, and a first call would time JIT compilation."""
+
+    def run(fn, group, flops=None, **info):
+        benchmark.group = group
+        benchmark.extra_info.update(info)
+        benchmark.extra_info["threads"] = info.get("threads", numba.get_num_threads())
+        if flops is not None:
+            benchmark.extra_info["flops"] = int(flops)
+        if not benchmark.disabled:
+            fn()
+        return benchmark(fn)
+
+    return run
+
+
+@pytest.fixture
+def numba_threads():
+    before = numba.get_num_threads()
+    yield numba.set_num_threads
+    numba.set_num_threads(before)
+
+
+def gemm_roof_problem(n=2048):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    return a, b, 2 * n ** 3
