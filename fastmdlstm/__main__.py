@@ -81,9 +81,9 @@ def info(args):
     else:
         print("numba: not importable (python fallback only)")
     print(f"cpu {cpu_model()}")
-    print(f"dispatcher: serial below {_dispatch.SERIAL_MAX_MACS} multiply-adds; batch-"
-          f"parallel from {_dispatch.BATCH_PAIRS_PER_THREAD} (sample, direction) pairs "
-          "per thread; wavefront otherwise")
+    print(f"dispatcher: serial below {_dispatch.PARALLEL_MIN_MACS} multiply-adds; batch-"
+          "parallel from one (sample, direction) pair per thread; wavefront from "
+          f"{_dispatch.WAVEFRONT_MIN_MACS} multiply-adds (bench/CROSSOVER.md)")
     return 0
 
 

@@ -309,10 +309,12 @@ def init_params(input_size, hidden_size, *, directions=1, dtype=np.float32,
                 seed=None, ndim=2):
     """Weights (Z, C + d*N, (3+d)*N) and bias (Z, (3+d)*N) for a fresh layer.
 
-    Weights ~ U(-1/sqrt(N), 1/sqrt(N)) (the PyTorch LSTM convention); biases
-    zero except the forget gates', which are 1 so that early in training a
-    cell keeps its predecessors' state. directions: a count Z or a sequence.
-    Reproducible with seed (numpy.random.default_rng).
+    Weights ~ U(-1/sqrt(N), 1/sqrt(N)) (the PyTorch LSTM convention). Biases
+    are zero except the forget gates': 1 for d = 1 (the usual LSTM choice), and
+    -log(d - 1) for d >= 2, so that the d forget gates start at 1/d each and sum
+    to 1. (With +1 each, two summed gates of 0.73 would grow |c| like
+    1.46^(H+W): float32 overflows on a 128x128 image.) directions: a count Z or
+    a sequence. Reproducible with seed (numpy.random.default_rng).
     """
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -336,5 +338,5 @@ def init_params(input_size, hidden_size, *, directions=1, dtype=np.float32,
     bound = 1.0 / np.sqrt(n)
     weights = rng.uniform(-bound, bound, size=(z, input_size + d * n, (3 + d) * n))
     bias = np.zeros((z, (3 + d) * n))
-    bias[:, 3 * n:] = 1.0
+    bias[:, 3 * n:] = 1.0 if d == 1 else -np.log(d - 1.0)
     return weights.astype(dtype), bias.astype(dtype)

@@ -8,17 +8,19 @@ and update the numbers here, not by guessing.
 
 from typing import NamedTuple
 
-# Below this many multiply-adds per call, the numba kernel runs on one thread:
-# opening a parallel region and waking the other thread costs more than it
-# saves (measured crossover, see bench/CROSSOVER.md).
-SERIAL_MAX_MACS = 2_000_000
-# With at least this many (sample, direction) pairs per thread, threads take
-# whole scans (one parallel region); below it, the cells of each plane are
-# shared out (one region per plane: the only parallelism left at B = 1).
-BATCH_PAIRS_PER_THREAD = 2
-# The pure-Python fallback never beat the numba kernels in the measured range
-# (ratio >= 20x for the smallest problem, see bench/CROSSOVER.md), so "auto"
-# chooses it only when numba cannot be imported.
+# Below this many multiply-adds per call the kernel runs on one thread: opening a
+# parallel region and waking the other threads costs more than it saves. Measured:
+# 2 x 4x4 N=8 (22k) serial 0.031 ms vs batch 0.039; 2 x 8x8 N=8 (87k) 0.054 vs 0.053.
+PARALLEL_MIN_MACS = 100_000
+# With fewer (sample, direction) pairs than threads, the cells of each plane are
+# shared out (one region per plane) once a problem has this many multiply-adds.
+# Measured with one pair: 32x32 N=16 (2.9M) serial 0.647 ms vs wavefront 0.885;
+# 32x32 N=32 (13M) 1.251 vs 1.137; 128x128 N=32 (210M) 20.5 vs 14.3.
+WAVEFRONT_MIN_MACS = 10_000_000
+# With at least one pair per thread, threads take whole scans in one region:
+# 2 x 32x32 N=32: batch 1.376 ms vs wavefront 1.718; 3 x 32x32: 1.831 vs 2.049.
+# The pure-Python fallback never came within 7x of a numba driver (2x2 N=4: 0.28 ms
+# vs 0.023), so "auto" chooses it only when numba cannot be imported.
 
 
 class Choice(NamedTuple):
@@ -39,16 +41,24 @@ def choose(batch, spatial, channels, hidden, directions, threads, have_numba):
     d = len(spatial)
     macs = batch * directions * cells * (channels + d * hidden) * (3 + d) * hidden
     pairs = batch * directions
-    if threads <= 1 or macs < SERIAL_MAX_MACS:
+    if threads <= 1 or macs < PARALLEL_MIN_MACS:
         return Choice("numba", "serial",
-                      f"{macs} multiply-adds < {SERIAL_MAX_MACS} or one thread: "
-                      "a parallel region would cost more than it saves")
-    if pairs >= BATCH_PAIRS_PER_THREAD * threads:
+                      f"{macs} multiply-adds < {PARALLEL_MIN_MACS} or one thread: a "
+                      "parallel region would cost more than it saves")
+    if pairs >= threads:
         return Choice("numba", "batch",
-                      f"{pairs} (sample, direction) pairs >= "
-                      f"{BATCH_PAIRS_PER_THREAD} x {threads} threads: "
-                      "threads take whole scans in one parallel region")
-    return Choice("numba", "wavefront",
-                  f"{pairs} (sample, direction) pairs < "
-                  f"{BATCH_PAIRS_PER_THREAD} x {threads} threads: "
-                  "threads share the cells of each anti-diagonal plane")
+                      f"{pairs} (sample, direction) pairs >= {threads} threads: threads "
+                      "take whole scans in one parallel region")
+    if macs >= WAVEFRONT_MIN_MACS:
+        return Choice("numba", "wavefront",
+                      f"{pairs} (sample, direction) pairs < {threads} threads and {macs} "
+                      f"multiply-adds >= {WAVEFRONT_MIN_MACS}: threads share the cells of "
+                      "each anti-diagonal plane")
+    if pairs > 1:
+        return Choice("numba", "batch",
+                      f"{pairs} pairs < {threads} threads but {macs} multiply-adds < "
+                      f"{WAVEFRONT_MIN_MACS}: whole scans on {pairs} threads")
+    return Choice("numba", "serial",
+                  f"one (sample, direction) pair and {macs} multiply-adds < "
+                  f"{WAVEFRONT_MIN_MACS}: per-plane parallel regions would cost more "
+                  "than they save")

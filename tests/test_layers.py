@@ -12,12 +12,15 @@ def test_init_params_layout_and_reproducibility():
     assert w.shape == (2, 3 + 2 * 4, 5 * 4) and b.shape == (2, 20)
     assert w.dtype == b.dtype == np.float32
     assert np.abs(w).max() <= 1 / np.sqrt(4)
-    assert (b[:, :12] == 0).all() and (b[:, 12:] == 1).all()  # forget gates open
+    assert (b[:, :12] == 0).all() and (b[:, 12:] == 0).all()  # 2-D: sigma(0) = 1/2 each
     w2, b2 = fastmdlstm.init_params(3, 4, directions=["tl", "br"], seed=5)
     np.testing.assert_array_equal(w, w2)
     np.testing.assert_array_equal(b, b2)
-    w3, _ = fastmdlstm.init_params(3, 4, ndim=3, dtype=np.float64, seed=5)
+    w3, b3 = fastmdlstm.init_params(3, 4, ndim=3, dtype=np.float64, seed=5)
     assert w3.shape == (1, 3 + 3 * 4, 6 * 4) and w3.dtype == np.float64
+    np.testing.assert_allclose(3 / (1 + np.exp(-b3[0, 12:])), 1.0)  # forget gates sum to 1
+    _, b1 = fastmdlstm.init_params(3, 4, ndim=1)
+    assert (b1[0, 12:] == 1).all()  # the usual LSTM forget bias
 
 
 @pytest.mark.parametrize("cls, shape, directions", [
@@ -73,9 +76,14 @@ def test_choose_backend_explains_itself():
 
 
 def test_dispatch_rules():
-    small = _dispatch.choose(1, (8, 8), 1, 8, 1, 2, True)
-    assert small.driver == "serial"
-    assert _dispatch.choose(64, (28, 28), 1, 32, 1, 2, True).driver == "batch"
-    assert _dispatch.choose(1, (256, 256), 16, 32, 1, 2, True).driver == "wavefront"
-    assert _dispatch.choose(64, (28, 28), 1, 32, 1, 1, True).driver == "serial"
+    def driver(batch, spatial, c, n, z=1, threads=2):
+        return _dispatch.choose(batch, spatial, c, n, z, threads, True).driver
+    assert driver(1, (8, 8), 1, 8) == "serial"                 # tiny: no parallel region
+    assert driver(2, (4, 4), 1, 8) == "serial"
+    assert driver(64, (28, 28), 1, 32) == "batch"              # a pair per thread
+    assert driver(2, (64, 64), 16, 64) == "batch"
+    assert driver(1, (256, 256), 16, 32) == "wavefront"        # B = 1, large
+    assert driver(1, (32, 32), 4, 16) == "serial"              # B = 1, small
+    assert driver(4, (16, 16), 4, 16, threads=16) == "batch"   # 4 pairs on 16 threads
+    assert driver(64, (28, 28), 1, 32, threads=1) == "serial"
     assert _dispatch.choose(64, (28, 28), 1, 32, 1, 2, False).backend == "python"
