@@ -162,8 +162,8 @@ def activation_array(x, out, sigmoid):
 
 
 @njit(**_ACT)
-def _preactivation(rows, w, bias, acc, m_cnt):
-    """acc[m] = bias + rows[m] @ w for m < m_cnt.
+def _preactivation(rows, w, bias, z, acc, m_cnt):
+    """acc[m] = bias[z] + rows[m] @ w[z] for m < m_cnt.
 
     Register blocking for a loop LLVM vectorises along the gate axis: a block
     of four weight rows is loaded once for two cells, and each acc element is
@@ -171,10 +171,10 @@ def _preactivation(rows, w, bias, acc, m_cnt):
     still meets its sum in row order with one FMA, whether a cell goes through
     the paired or the single path, so blocking never changes a result.
     """
-    n_rows, n_gates = w.shape
+    n_rows, n_gates = w.shape[1], w.shape[2]
     for m in range(m_cnt):
         for g in range(n_gates):
-            acc[m, g] = bias[g]
+            acc[m, g] = bias[z, g]
     r = 0
     while r + 4 <= n_rows:
         m = 0
@@ -183,7 +183,7 @@ def _preactivation(rows, w, bias, acc, m_cnt):
             b0, b1 = rows[m + 1, r], rows[m + 1, r + 1]
             b2, b3 = rows[m + 1, r + 2], rows[m + 1, r + 3]
             for g in range(n_gates):
-                w0, w1, w2, w3 = w[r, g], w[r + 1, g], w[r + 2, g], w[r + 3, g]
+                w0, w1, w2, w3 = w[z, r, g], w[z, r + 1, g], w[z, r + 2, g], w[z, r + 3, g]
                 s = acc[m, g]
                 s += a0 * w0
                 s += a1 * w1
@@ -201,35 +201,37 @@ def _preactivation(rows, w, bias, acc, m_cnt):
             a0, a1, a2, a3 = rows[m, r], rows[m, r + 1], rows[m, r + 2], rows[m, r + 3]
             for g in range(n_gates):
                 s = acc[m, g]
-                s += a0 * w[r, g]
-                s += a1 * w[r + 1, g]
-                s += a2 * w[r + 2, g]
-                s += a3 * w[r + 3, g]
+                s += a0 * w[z, r, g]
+                s += a1 * w[z, r + 1, g]
+                s += a2 * w[z, r + 2, g]
+                s += a3 * w[z, r + 3, g]
                 acc[m, g] = s
         r += 4
     while r < n_rows:
         for m in range(m_cnt):
             v = rows[m, r]
             for g in range(n_gates):
-                acc[m, g] += v * w[r, g]
+                acc[m, g] += v * w[z, r, g]
         r += 1
 
 
 @njit(**_OPTS)
-def _cell_update(pre, c_prev, d, n, variant, h, c):
-    """Gates from the pre-activations `pre` ((3+d)N,), new state into h, c."""
+def _cell_update(acc, m, c_prev, d, n, variant, h, c):
+    """Gates from the pre-activations acc[m] ((3+d)N,); new state into h, c.
+    (Arrays are indexed, never sliced, here: a view per cell costs reference
+    counting that showed up as a third of the run time.)"""
     for r in range(n):
-        c[r] = fast_tanh(pre[r]) * fast_sigmoid(pre[2 * n + r])
+        c[r] = fast_tanh(acc[m, r]) * fast_sigmoid(acc[m, 2 * n + r])
     for k in range(d):
         base = (3 + k) * n
         for r in range(n):
-            c[r] += fast_sigmoid(pre[base + r]) * c_prev[k, r]
+            c[r] += fast_sigmoid(acc[m, base + r]) * c_prev[m, k, r]
     if variant == 0:
         for r in range(n):
-            h[r] = fast_tanh(c[r] * fast_sigmoid(pre[n + r]))
+            h[r] = fast_tanh(c[r] * fast_sigmoid(acc[m, n + r]))
     else:
         for r in range(n):
-            h[r] = fast_sigmoid(pre[n + r]) * fast_tanh(c[r])
+            h[r] = fast_sigmoid(acc[m, n + r]) * fast_tanh(c[r])
 
 
 # --- one group of cells on one plane -------------------------------------------
@@ -242,14 +244,14 @@ def _axis_coord(u, extent, sign):
 
 
 @njit(**_OPTS)
-def _group(b, z, t, a, i0, m_cnt, x, w, bias, d, n, variant, size, sign,
-           inplace, h_state, c_state, roll_h, roll_c, out, cell_out,
+def _group(b, z, t, a, i0, m_cnt, x, w, bias, d, n, variant, sizes, signs,
+           inplace, h_state, c_state, slot, roll_h, roll_c, out, cell_out,
            rows, c_prev, acc, h_new, c_new):
     """Cells (a, i, t-a-i) for i in [i0, i0 + m_cnt) of sample b, direction z.
 
-    inplace: h_state/c_state are the caller's padded tensors; otherwise roll_h/
-    roll_c (2, S0, S1, N) hold the last two planes of this (b, z) and h goes to
-    out (and c to cell_out when it has elements).
+    inplace: h_state/c_state are the caller's padded tensors; otherwise
+    roll_h[slot]/roll_c[slot] (2, S0, S1, N) hold the last two planes of this
+    (b, z) and h goes to out (and c to cell_out when it has elements).
     """
     n_in = x.shape[4]
     cur = t & 1
@@ -258,12 +260,14 @@ def _group(b, z, t, a, i0, m_cnt, x, w, bias, d, n, variant, size, sign,
     # Padding offsets of the caller's tensors: 1 on real axes, 0 on dummies.
     o0 = 1 if first_real <= 0 else 0
     o1 = 1 if first_real <= 1 else 0
+    s0, s1, s2 = sizes[b, 0], sizes[b, 1], sizes[b, 2]
+    g0, g1, g2 = signs[z, 0], signs[z, 1], signs[z, 2]
+    ax = _axis_coord(a, s0, g0)
     for m in range(m_cnt):
         i = i0 + m
         j = t - a - i
-        ax = _axis_coord(a, size[0], sign[0])
-        ix = _axis_coord(i, size[1], sign[1])
-        jx = _axis_coord(j, size[2], sign[2])
+        ix = _axis_coord(i, s1, g1)
+        jx = _axis_coord(j, s2, g2)
         for r in range(n_in):
             rows[m, r] = x[b, ax, ix, jx, r]
         for k in range(d):
@@ -285,29 +289,29 @@ def _group(b, z, t, a, i0, m_cnt, x, w, bias, d, n, variant, size, sign,
                 present, pa, pi = j > 0, a, i
             if present:
                 for r in range(n):
-                    rows[m, base + r] = roll_h[prv, pa, pi, r]
-                    c_prev[m, k, r] = roll_c[prv, pa, pi, r]
+                    rows[m, base + r] = roll_h[slot, prv, pa, pi, r]
+                    c_prev[m, k, r] = roll_c[slot, prv, pa, pi, r]
             else:
                 for r in range(n):
                     rows[m, base + r] = 0
                     c_prev[m, k, r] = 0
-    _preactivation(rows, w[z], bias[z], acc, m_cnt)
+    _preactivation(rows, w, bias, z, acc, m_cnt)
+    ch = z * n
     for m in range(m_cnt):
         i = i0 + m
         j = t - a - i
+        _cell_update(acc, m, c_prev, d, n, variant, h_new, c_new)
         if inplace:
-            _cell_update(acc[m], c_prev[m], d, n, variant,
-                         h_state[b, a + o0, i + o1, j + 1],
-                         c_state[b, a + o0, i + o1, j + 1])
+            pa, pi, pj = a + o0, i + o1, j + 1
+            for r in range(n):
+                h_state[b, pa, pi, pj, r] = h_new[r]
+                c_state[b, pa, pi, pj, r] = c_new[r]
             continue
-        _cell_update(acc[m], c_prev[m], d, n, variant, h_new, c_new)
-        ax = _axis_coord(a, size[0], sign[0])
-        ix = _axis_coord(i, size[1], sign[1])
-        jx = _axis_coord(j, size[2], sign[2])
-        ch = z * n
+        ix = _axis_coord(i, s1, g1)
+        jx = _axis_coord(j, s2, g2)
         for r in range(n):
-            roll_h[cur, a, i, r] = h_new[r]
-            roll_c[cur, a, i, r] = c_new[r]
+            roll_h[slot, cur, a, i, r] = h_new[r]
+            roll_c[slot, cur, a, i, r] = c_new[r]
             out[b, ax, ix, jx, ch + r] = h_new[r]
         if cell_out.size:
             for r in range(n):
@@ -355,10 +359,9 @@ def _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
     b = bz // z_count
     z = bz % z_count
     size = sizes[b]
-    sign = signs[z]
-    roll_shape = (2, x.shape[1], x.shape[2], n)
+    roll_shape = (1, 2, x.shape[1], x.shape[2], n)
     if inplace:
-        roll_shape = (2, 0, 0, n)
+        roll_shape = (1, 2, 0, 0, n)
     roll_h = np.empty(roll_shape, x.dtype)
     roll_c = np.empty(roll_shape, x.dtype)
     rows, c_prev, acc, h_new, c_new = _scratch(n_rows, n_gates, d, n, group, x)
@@ -369,7 +372,7 @@ def _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
             for i0 in range(i_lo, i_hi + 1, group):
                 m_cnt = min(group, i_hi + 1 - i0)
                 _group(b, z, t, a, i0, m_cnt, x, w, bias, d, n, variant,
-                       size, sign, inplace, h_state, c_state, roll_h, roll_c,
+                       sizes, signs, inplace, h_state, c_state, 0, roll_h, roll_c,
                        out, cell_out, rows, c_prev, acc, h_new, c_new)
 
 
@@ -435,8 +438,8 @@ def scan_wavefront(x, w, bias, d, variant, sizes, signs, inplace,
             z = bz % z_count
             rows, c_prev, acc, h_new, c_new = _scratch(n_rows, n_gates, d, n, group, x)
             _group(b, z, t, work[item, 1], work[item, 2], work[item, 3], x, w, bias, d, n,
-                   variant, sizes[b], signs[z], inplace, h_state, c_state, roll_h[bz],
-                   roll_c[bz], out, cell_out, rows, c_prev, acc, h_new, c_new)
+                   variant, sizes, signs, inplace, h_state, c_state, bz, roll_h,
+                   roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
 
 
 DRIVERS = {
