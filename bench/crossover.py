@@ -17,12 +17,8 @@ from fastmdlstm._bench import cpu_model, time_call
 def run_driver(driver, x, w, b, out):
     d = x.ndim - 2
     sizes = np.tile(np.array(x.shape[1:-1]), (x.shape[0], 1))
-    signs = _api.parse_directions(None, d, count=None).repeat(w.shape[0], axis=0)
-    empty = np.empty((0,) * 5, x.dtype)
-    _kernels.DRIVERS[driver](
-        _api._canonical(x, d), w, b, d, 0, _api._canonical_rows(sizes, d, 1),
-        _api._canonical_rows(signs, d, 1), False, empty, empty, _api._canonical(out, d),
-        empty, _kernels.DEFAULT_GROUP)
+    signs = np.ones((w.shape[0], d), dtype=np.int64)
+    _api._run_forward_kernel(driver, x, w, b, d, "slstm", signs, sizes, False, out, None)
 
 
 def measure(batch, spatial, channels, hidden, directions=1):

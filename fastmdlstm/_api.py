@@ -4,6 +4,7 @@ Every check runs before anything is written, so a call that raises leaves the
 caller's buffers untouched.
 """
 
+import functools
 import warnings
 
 import numpy as np
@@ -88,6 +89,24 @@ def _check_params(weights, bias, d, channels, dtype):
 
 def parse_directions(directions, d, count=None):
     """Sign tuples (Z, d) for directions given as names or sign tuples."""
+    try:  # the common spellings are parsed once (a forward call is ~20 us at B=1)
+        key = None if directions is None else tuple(
+            e if isinstance(e, str) else tuple(e) for e in (
+                [directions] if isinstance(directions, str) else directions))
+        hash(key)
+    except TypeError:
+        return _parse_directions(directions, d, count)
+    return _parse_directions_cached(key, d, count)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_directions_cached(key, d, count):
+    signs = _parse_directions(key, d, count)
+    signs.flags.writeable = False
+    return signs
+
+
+def _parse_directions(directions, d, count):
     if directions is None:
         directions = [(1,) * d]
     elif isinstance(directions, str) or (
@@ -127,10 +146,17 @@ def parse_directions(directions, d, count=None):
     return np.array(signs, dtype=np.int64).reshape(len(signs), d)
 
 
+@functools.lru_cache(maxsize=64)
+def _full_sizes(batch, spatial):
+    sizes = np.tile(np.array(spatial, dtype=np.int64).reshape(1, -1), (batch, 1))
+    sizes.flags.writeable = False
+    return sizes
+
+
 def _check_sizes(sizes, batch, spatial):
     d = len(spatial)
     if sizes is None:
-        return np.tile(np.array(spatial, dtype=np.int64), (batch, 1)), False
+        return _full_sizes(batch, spatial), False
     if not isinstance(sizes, np.ndarray):
         try:
             sizes = np.asarray(sizes)
@@ -164,35 +190,31 @@ def _check_buffer(buf, name, shape, dtype, others):
     return buf
 
 
-def _resolve_backend(backend, macs_args):
+def _resolve_backend(backend, macs_args, explain=False):
+    """(backend, driver), or a Choice with its reason when explain."""
     global _warned_no_numba
     _check_choice(backend, "backend", BACKENDS)
     if backend == "python":
-        return _dispatch.Choice("python", "reference", "requested")
-    if backend == "numba":
-        if not HAVE_NUMBA:
-            raise ValueError("backend='numba' was requested but numba cannot be imported")
-        choice = _dispatch.choose(*macs_args, numba.get_num_threads(), True)
-        return choice._replace(reason="requested; " + choice.reason)
-    choice = _dispatch.choose(*macs_args, numba.get_num_threads() if HAVE_NUMBA else 1,
-                              HAVE_NUMBA)
+        choice = _dispatch.Choice("python", "reference", "requested")
+        return choice if explain else choice[:2]
+    if backend == "numba" and not HAVE_NUMBA:
+        raise ValueError("backend='numba' was requested but numba cannot be imported")
     if not HAVE_NUMBA and not _warned_no_numba:
         _warned_no_numba = True
         warnings.warn("fastmdlstm: numba cannot be imported; backend='auto' uses the "
                       "pure-Python fallback (slow)", RuntimeWarning, stacklevel=3)
+    args = (*macs_args, numba.get_num_threads() if HAVE_NUMBA else 1, HAVE_NUMBA)
+    if not explain:
+        return _dispatch.pick(*args)
+    choice = _dispatch.choose(*args)
+    if backend == "numba":
+        choice = choice._replace(reason="requested; " + choice.reason)
     return choice
 
 
 def _canonical(a, d):
     """View with leading singleton spatial axes: (B, *S, K) -> (B, S0, S1, S2, K)."""
     return a[(slice(None),) + (None,) * (3 - d)]
-
-
-def _canonical_rows(rows, d, fill):
-    """(M, d) int64 -> (M, 3) with the leading fill value on the dummy axes."""
-    full = np.full((rows.shape[0], 3), fill, dtype=np.int64)
-    full[:, 3 - d:] = rows
-    return full
 
 
 # --- public API -----------------------------------------------------------------
@@ -212,7 +234,7 @@ def choose_backend(x, weights, *, directions=None, backend="auto"):
     if directions is not None:
         z = len(parse_directions(directions, d))
     n = w_shape[-1] // (3 + d)
-    return _resolve_backend(backend, (shape[0], shape[1:-1], shape[-1], n, z))
+    return _resolve_backend(backend, (shape[0], shape[1:-1], shape[-1], n, z), explain=True)
 
 
 def forward(x, weights, bias, *, variant="slstm", directions=None, sizes=None,
@@ -238,13 +260,13 @@ def forward(x, weights, bias, *, variant="slstm", directions=None, sizes=None,
         out = np.empty(out_shape, dtype=x.dtype)
     else:
         _check_buffer(out, "out", out_shape, x.dtype, [("x", x)])
-    choice = _resolve_backend(backend, (batch, spatial, channels, n, z))
+    chosen, driver = _resolve_backend(backend, (batch, spatial, channels, n, z))
     cell = np.empty(out_shape, dtype=x.dtype) if return_cell else None
     if out.size:
-        if choice.backend == "python":
+        if chosen == "python":
             _reference.forward(x, w, b, variant, signs, sizes, out, cell)
         else:
-            _run_forward_kernel(choice.driver, x, w, b, d, variant, signs,
+            _run_forward_kernel(driver, x, w, b, d, variant, signs,
                                 sizes, ragged, out, cell)
     return (out, cell) if return_cell else out
 
@@ -259,7 +281,9 @@ def _zero_outside(buf, sizes, spatial):
             buf[region] = 0
 
 
-def _run_forward_kernel(driver, x, w, b, d, variant, signs, sizes, ragged, out, cell):
+def _run_forward_kernel(driver, x, w, b, d, variant, signs, sizes, ragged, out, cell,
+                        group=None):
+    """Run one numba driver; group (cells per weight pass) is for tests/benchmarks."""
     if ragged:
         _zero_outside(out, sizes, x.shape[1:-1])
         if cell is not None:
@@ -267,9 +291,9 @@ def _run_forward_kernel(driver, x, w, b, d, variant, signs, sizes, ragged, out, 
     empty = np.empty((0,) * 5, dtype=x.dtype)
     _kernels.DRIVERS[driver](
         _canonical(x, d), w, b, d, _kernels.VARIANTS[variant],
-        _canonical_rows(sizes, d, 1), _canonical_rows(signs, d, 1), False,
-        empty, empty, _canonical(out, d),
-        empty if cell is None else _canonical(cell, d), _kernels.DEFAULT_GROUP)
+        sizes, signs, False, empty, empty, _canonical(out, d),
+        empty if cell is None else _canonical(cell, d),
+        _kernels.DEFAULT_GROUP if group is None else group)
 
 
 def forward_inplace(x, weights, bias, h, c, *, variant="slstm", backend="auto"):
@@ -290,17 +314,16 @@ def forward_inplace(x, weights, bias, h, c, *, variant="slstm", backend="auto"):
     state_shape = (batch,) + tuple(s + 1 for s in spatial) + (n,)
     _check_buffer(h, "h", state_shape, x.dtype, [("x", x)])
     _check_buffer(c, "c", state_shape, x.dtype, [("x", x), ("h", h)])
-    choice = _resolve_backend(backend, (batch, spatial, channels, n, 1))
+    chosen, driver = _resolve_backend(backend, (batch, spatial, channels, n, 1))
     if batch == 0 or 0 in spatial:
         return None
-    if choice.backend == "python":
+    if chosen == "python":
         _reference.scan_padded(x, w[0], b[0], h, c, variant)
         return None
-    sizes = np.tile(np.array((1,) * (3 - d) + spatial, dtype=np.int64), (batch, 1))
     empty = np.empty((0,) * 5, dtype=x.dtype)
-    _kernels.DRIVERS[choice.driver](
-        _canonical(x, d), w, b, d, _kernels.VARIANTS[variant], sizes,
-        np.ones((1, 3), dtype=np.int64), True, _canonical(h, d), _canonical(c, d),
+    _kernels.DRIVERS[driver](
+        _canonical(x, d), w, b, d, _kernels.VARIANTS[variant], _full_sizes(batch, spatial),
+        parse_directions(None, d), True, _canonical(h, d), _canonical(c, d),
         empty, empty, _kernels.DEFAULT_GROUP)
     return None
 

@@ -30,11 +30,10 @@ class Choice(NamedTuple):
     reason: str
 
 
-def choose(batch, spatial, channels, hidden, directions, threads, have_numba):
-    """The auto choice for a problem of the given sizes."""
+def pick(batch, spatial, channels, hidden, directions, threads, have_numba):
+    """(backend, driver) of choose(), without building the explanation (hot path)."""
     if not have_numba:
-        return Choice("python", "reference",
-                      "numba cannot be imported; using the pure-Python fallback")
+        return "python", "reference"
     cells = 1
     for s in spatial:
         cells *= s
@@ -42,23 +41,34 @@ def choose(batch, spatial, channels, hidden, directions, threads, have_numba):
     macs = batch * directions * cells * (channels + d * hidden) * (3 + d) * hidden
     pairs = batch * directions
     if threads <= 1 or macs < PARALLEL_MIN_MACS:
-        return Choice("numba", "serial",
-                      f"{macs} multiply-adds < {PARALLEL_MIN_MACS} or one thread: a "
-                      "parallel region would cost more than it saves")
+        return "numba", "serial"
     if pairs >= threads:
-        return Choice("numba", "batch",
-                      f"{pairs} (sample, direction) pairs >= {threads} threads: threads "
-                      "take whole scans in one parallel region")
+        return "numba", "batch"
     if macs >= WAVEFRONT_MIN_MACS:
-        return Choice("numba", "wavefront",
-                      f"{pairs} (sample, direction) pairs < {threads} threads and {macs} "
+        return "numba", "wavefront"
+    return "numba", ("batch" if pairs > 1 else "serial")
+
+
+def choose(batch, spatial, channels, hidden, directions, threads, have_numba):
+    """The auto choice for a problem of the given sizes, with the reason."""
+    backend, driver = pick(batch, spatial, channels, hidden, directions, threads, have_numba)
+    if backend == "python":
+        return Choice(backend, driver,
+                      "numba cannot be imported; using the pure-Python fallback")
+    d = len(spatial)
+    cells = 1
+    for s in spatial:
+        cells *= s
+    macs = batch * directions * cells * (channels + d * hidden) * (3 + d) * hidden
+    pairs = batch * directions
+    reasons = {
+        "serial": (f"{macs} multiply-adds < {PARALLEL_MIN_MACS}, or one thread, or one "
+                   f"(sample, direction) pair and < {WAVEFRONT_MIN_MACS} multiply-adds: "
+                   "a parallel region would cost more than it saves"),
+        "batch": (f"{pairs} (sample, direction) pairs for {threads} threads and {macs} "
+                  "multiply-adds: threads take whole scans in one parallel region"),
+        "wavefront": (f"{pairs} (sample, direction) pairs < {threads} threads and {macs} "
                       f"multiply-adds >= {WAVEFRONT_MIN_MACS}: threads share the cells of "
-                      "each anti-diagonal plane")
-    if pairs > 1:
-        return Choice("numba", "batch",
-                      f"{pairs} pairs < {threads} threads but {macs} multiply-adds < "
-                      f"{WAVEFRONT_MIN_MACS}: whole scans on {pairs} threads")
-    return Choice("numba", "serial",
-                  f"one (sample, direction) pair and {macs} multiply-adds < "
-                  f"{WAVEFRONT_MIN_MACS}: per-plane parallel regions would cost more "
-                  "than they save")
+                      "each anti-diagonal plane"),
+    }
+    return Choice(backend, driver, reasons[driver])

@@ -260,8 +260,8 @@ def _group(b, z, t, a, i0, m_cnt, x, w, bias, d, n, variant, sizes, signs,
     # Padding offsets of the caller's tensors: 1 on real axes, 0 on dummies.
     o0 = 1 if first_real <= 0 else 0
     o1 = 1 if first_real <= 1 else 0
-    s0, s1, s2 = sizes[b, 0], sizes[b, 1], sizes[b, 2]
-    g0, g1, g2 = signs[z, 0], signs[z, 1], signs[z, 2]
+    s0, s1, s2 = _extents(sizes, b, d)
+    g0, g1, g2 = _extents(signs, z, d)
     ax = _axis_coord(a, s0, g0)
     for m in range(m_cnt):
         i = i0 + m
@@ -319,17 +319,26 @@ def _group(b, z, t, a, i0, m_cnt, x, w, bias, d, n, variant, sizes, signs,
 
 
 @njit(**_OPTS)
-def _plane_a_range(t, size):
-    """Values of a with at least one cell on plane t."""
-    lo = t - (size[1] - 1) - (size[2] - 1)
-    return max(0, lo), min(size[0] - 1, t)
+def _extents(rows, k, d):
+    """Row k of a (M, d) array of sizes or signs on the canonical three axes
+    (1 on the leading dummy axes: extent 1, sign +1)."""
+    off = 3 - d
+    return (rows[k, 0] if off == 0 else 1,
+            rows[k, 1 - off] if off <= 1 else 1,
+            rows[k, 2 - off])
 
 
 @njit(**_OPTS)
-def _plane_i_range(t, a, size):
+def _plane_a_range(t, s0, s1, s2):
+    """Inclusive range of a with at least one cell on plane t."""
+    return max(0, t - (s1 - 1) - (s2 - 1)), min(s0 - 1, t)
+
+
+@njit(**_OPTS)
+def _plane_i_range(t, a, s1, s2):
     """Inclusive range of i with a cell (a, i, t-a-i) inside the sample."""
     rem = t - a
-    return max(0, rem - (size[2] - 1)), min(size[1] - 1, rem)
+    return max(0, rem - (s2 - 1)), min(s1 - 1, rem)
 
 
 @njit(**_OPTS)
@@ -345,7 +354,7 @@ def _scratch(n_rows, n_gates, d, n, group, dtype_of):
 # --- drivers -------------------------------------------------------------------
 # Arguments common to all drivers:
 #   x (B, S0, S1, S2, C); w (Z, C + d*N, (3+d)*N) C-contiguous; bias (Z, G);
-#   d; variant (0 slstm, 1 graves); sizes (B, 3) int64; signs (Z, 3) int64;
+#   d; variant (0 slstm, 1 graves); sizes (B, d) int64; signs (Z, d) int64;
 #   inplace; h_state, c_state (B, P0, P1, P2, N) or empty; out, cell_out
 #   (B, S0, S1, S2, Z*N) or empty; group (cells per weight pass).
 
@@ -358,17 +367,17 @@ def _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
     n = n_gates // (3 + d)
     b = bz // z_count
     z = bz % z_count
-    size = sizes[b]
+    s0, s1, s2 = _extents(sizes, b, d)
     roll_shape = (1, 2, x.shape[1], x.shape[2], n)
     if inplace:
         roll_shape = (1, 2, 0, 0, n)
     roll_h = np.empty(roll_shape, x.dtype)
     roll_c = np.empty(roll_shape, x.dtype)
     rows, c_prev, acc, h_new, c_new = _scratch(n_rows, n_gates, d, n, group, x)
-    for t in range(size[0] + size[1] + size[2] - 2):
-        a_lo, a_hi = _plane_a_range(t, size)
+    for t in range(s0 + s1 + s2 - 2):
+        a_lo, a_hi = _plane_a_range(t, s0, s1, s2)
         for a in range(a_lo, a_hi + 1):
-            i_lo, i_hi = _plane_i_range(t, a, size)
+            i_lo, i_hi = _plane_i_range(t, a, s1, s2)
             for i0 in range(i_lo, i_hi + 1, group):
                 m_cnt = min(group, i_hi + 1 - i0)
                 _group(b, z, t, a, i0, m_cnt, x, w, bias, d, n, variant,
@@ -407,25 +416,25 @@ def scan_wavefront(x, w, bias, d, variant, sizes, signs, inplace,
     z_count, n_rows, n_gates = w.shape
     n = n_gates // (3 + d)
     pairs = x.shape[0] * z_count
-    s0 = x.shape[1]
-    roll_shape = (pairs, 2, s0, x.shape[2], n)
+    roll_shape = (pairs, 2, x.shape[1], x.shape[2], n)
     if inplace:
         roll_shape = (pairs, 2, 0, 0, n)
     roll_h = np.empty(roll_shape, x.dtype)
     roll_c = np.empty(roll_shape, x.dtype)
     planes = 0
     for b in range(x.shape[0]):
-        planes = max(planes, sizes[b, 0] + sizes[b, 1] + sizes[b, 2] - 2)
-    work = np.empty((pairs * s0 * ((x.shape[2] + group - 1) // group), 4), np.int64)
+        s0, s1, s2 = _extents(sizes, b, d)
+        planes = max(planes, s0 + s1 + s2 - 2)
+    work = np.empty((pairs * x.shape[1] * ((x.shape[2] + group - 1) // group), 4), np.int64)
     for t in range(planes):
         count = 0
         for bz in range(pairs):
-            size = sizes[bz // z_count]
-            if t >= size[0] + size[1] + size[2] - 2:
+            s0, s1, s2 = _extents(sizes, bz // z_count, d)
+            if t >= s0 + s1 + s2 - 2:
                 continue
-            a_lo, a_hi = _plane_a_range(t, size)
+            a_lo, a_hi = _plane_a_range(t, s0, s1, s2)
             for a in range(a_lo, a_hi + 1):
-                i_lo, i_hi = _plane_i_range(t, a, size)
+                i_lo, i_hi = _plane_i_range(t, a, s1, s2)
                 for i0 in range(i_lo, i_hi + 1, group):
                     work[count, 0] = bz
                     work[count, 1] = a
@@ -463,12 +472,11 @@ def forward_inplace_2d(x, weights, bias, h, c, variant):
     function fastmdlstm.forward_inplace checks them). Runs on one thread.
     """
     b_count = x.shape[0]
-    sizes = np.empty((b_count, 3), np.int64)
+    sizes = np.empty((b_count, 2), np.int64)
     for b in range(b_count):
-        sizes[b, 0] = 1
-        sizes[b, 1] = x.shape[1]
-        sizes[b, 2] = x.shape[2]
-    signs = np.ones((1, 3), np.int64)
+        sizes[b, 0] = x.shape[1]
+        sizes[b, 1] = x.shape[2]
+    signs = np.ones((1, 2), np.int64)
     g = weights.shape[1]
     empty = np.empty((0, 0, 0, 0, 0), x.dtype)
     # Canonical layout: a leading singleton spatial axis (not padded).

@@ -181,11 +181,8 @@ def test_drivers_and_thread_counts_bitwise_identical(dtype, ragged, threads):
                 signs = _api.parse_directions(ALL_2D, 2)
                 full = np.tile([9, 13], (3, 1)) if sizes is None else sizes
                 out = np.zeros((3, 9, 13, 20), dtype=dtype)
-                _kernels.DRIVERS[driver](
-                    _api._canonical(x, 2), w, b, 2, 0, _api._canonical_rows(full, 2, 1),
-                    _api._canonical_rows(signs, 2, 1), False,
-                    np.empty((0,) * 5, dtype), np.empty((0,) * 5, dtype),
-                    _api._canonical(out, 2), np.empty((0,) * 5, dtype), group)
+                _api._run_forward_kernel(driver, x, w, b, 2, "slstm", signs, full,
+                                         sizes is not None, out, None, group=group)
                 results.append(out)
         results.append(fastmdlstm.forward(x, w, b, directions=ALL_2D, sizes=sizes,
                                           backend="numba"))
