@@ -293,7 +293,7 @@ def _run_forward_kernel(driver, x, w, b, d, variant, signs, sizes, ragged, out, 
         _canonical(x, d), w, b, d, _kernels.VARIANTS[variant],
         sizes, signs, False, empty, empty, _canonical(out, d),
         empty if cell is None else _canonical(cell, d),
-        _kernels.DEFAULT_GROUP if group is None else group)
+        _kernels.DEFAULT_GROUP if group is None else group, numba.get_num_threads())
 
 
 def forward_inplace(x, weights, bias, h, c, *, variant="slstm", backend="auto"):
@@ -324,7 +324,7 @@ def forward_inplace(x, weights, bias, h, c, *, variant="slstm", backend="auto"):
     _kernels.DRIVERS[driver](
         _canonical(x, d), w, b, d, _kernels.VARIANTS[variant], _full_sizes(batch, spatial),
         parse_directions(None, d), True, _canonical(h, d), _canonical(c, d),
-        empty, empty, _kernels.DEFAULT_GROUP)
+        empty, empty, _kernels.DEFAULT_GROUP, numba.get_num_threads())
     return None
 
 

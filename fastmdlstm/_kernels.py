@@ -356,7 +356,9 @@ def _scratch(n_rows, n_gates, d, n, group, dtype_of):
 #   x (B, S0, S1, S2, C); w (Z, C + d*N, (3+d)*N) C-contiguous; bias (Z, G);
 #   d; variant (0 slstm, 1 graves); sizes (B, d) int64; signs (Z, d) int64;
 #   inplace; h_state, c_state (B, P0, P1, P2, N) or empty; out, cell_out
-#   (B, S0, S1, S2, Z*N) or empty; group (cells per weight pass).
+#   (B, S0, S1, S2, Z*N) or empty; group (cells per weight pass); threads (the
+#   numba thread count: the wavefront driver splits each plane into that many
+#   chunks; numba.get_num_threads() inside a kernel would stop it being cached).
 
 
 @njit(**_OPTS)
@@ -387,7 +389,7 @@ def _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
 
 @njit(**_OPTS)
 def scan_serial(x, w, bias, d, variant, sizes, signs, inplace,
-                h_state, c_state, out, cell_out, group):
+                h_state, c_state, out, cell_out, group, threads):
     """One thread: samples and directions one after the other."""
     for bz in range(x.shape[0] * w.shape[0]):
         _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
@@ -396,7 +398,7 @@ def scan_serial(x, w, bias, d, variant, sizes, signs, inplace,
 
 @njit(parallel=True, **_OPTS)
 def scan_batch_parallel(x, w, bias, d, variant, sizes, signs, inplace,
-                        h_state, c_state, out, cell_out, group):
+                        h_state, c_state, out, cell_out, group, threads):
     """One parallel region: threads share out the (sample, direction) pairs."""
     for bz in prange(x.shape[0] * w.shape[0]):
         _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
@@ -405,7 +407,7 @@ def scan_batch_parallel(x, w, bias, d, variant, sizes, signs, inplace,
 
 @njit(parallel=True, **_OPTS)
 def scan_wavefront(x, w, bias, d, variant, sizes, signs, inplace,
-                   h_state, c_state, out, cell_out, group):
+                   h_state, c_state, out, cell_out, group, threads):
     """One parallel region per plane: threads share out the groups of cells of
     plane t over all (sample, direction) pairs (for small batches).
 
@@ -441,14 +443,18 @@ def scan_wavefront(x, w, bias, d, variant, sizes, signs, inplace,
                     work[count, 2] = i0
                     work[count, 3] = min(group, i_hi + 1 - i0)
                     count += 1
-        for item in prange(count):
-            bz = work[item, 0]
-            b = bz // z_count
-            z = bz % z_count
+        # One chunk of consecutive groups per thread: scratch is allocated per
+        # chunk, not per group (a plane of a 256x256 image has 32 groups).
+        chunks = min(count, threads)
+        for chunk in prange(chunks):
             rows, c_prev, acc, h_new, c_new = _scratch(n_rows, n_gates, d, n, group, x)
-            _group(b, z, t, work[item, 1], work[item, 2], work[item, 3], x, w, bias, d, n,
-                   variant, sizes, signs, inplace, h_state, c_state, bz, roll_h,
-                   roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
+            for item in range(chunk * count // chunks, (chunk + 1) * count // chunks):
+                bz = work[item, 0]
+                b = bz // z_count
+                z = bz % z_count
+                _group(b, z, t, work[item, 1], work[item, 2], work[item, 3], x, w, bias,
+                       d, n, variant, sizes, signs, inplace, h_state, c_state, bz, roll_h,
+                       roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
 
 
 DRIVERS = {
@@ -486,4 +492,4 @@ def forward_inplace_2d(x, weights, bias, h, c, variant):
                 2, variant, sizes, signs, True,
                 h.reshape((b_count, 1) + h.shape[1:]),
                 c.reshape((b_count, 1) + c.shape[1:]),
-                empty, empty, DEFAULT_GROUP)
+                empty, empty, DEFAULT_GROUP, 1)
