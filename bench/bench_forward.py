@@ -7,7 +7,7 @@ GEMM rate (the roof). bench/report.py turns the JSON into the README table.
 
 import numpy as np
 import pytest
-from conftest import gemm_roof_problem
+from benchutil import gemm_roof_problem
 
 import fastmdlstm
 from fastmdlstm._bench import CONFIGS

@@ -5,7 +5,6 @@ Full run, saved for comparison across commits:
 """
 
 import numba
-import numpy as np
 import pytest
 
 
@@ -32,10 +31,3 @@ def numba_threads():
     before = numba.get_num_threads()
     yield numba.set_num_threads
     numba.set_num_threads(before)
-
-
-def gemm_roof_problem(n=2048):
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    return a, b, 2 * n ** 3

@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import TOL, make_problem
+from helpers import TOL, make_problem
 from naive import forward as naive_forward
 from naive import scan as naive_scan
 

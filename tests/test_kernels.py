@@ -7,7 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import make_problem
+from helpers import make_problem
 from naive import scan as naive_scan
 
 import fastmdlstm
