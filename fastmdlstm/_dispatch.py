@@ -10,17 +10,18 @@ from typing import NamedTuple
 
 # Below this many multiply-adds per call the kernel runs on one thread: opening a
 # parallel region and waking the other threads costs more than it saves. Measured:
-# 2 x 4x4 N=8 (22k) serial 0.031 ms vs batch 0.039; 2 x 8x8 N=8 (87k) 0.054 vs 0.053.
+# 2 x 4x4 N=8 (22k): serial 0.023 ms, batch 0.030; 4 x 8x8 N=8 (174k): 0.087 vs 0.086;
+# 2 x 16x16 N=16 (1.5M): 0.357 vs 0.237.
 PARALLEL_MIN_MACS = 100_000
 # With fewer (sample, direction) pairs than threads, the cells of each plane are
 # shared out (one region per plane) once a problem has this many multiply-adds.
-# Measured with one pair: 32x32 N=16 (2.9M) serial 0.647 ms vs wavefront 0.885;
-# 32x32 N=32 (13M) 1.251 vs 1.137; 128x128 N=32 (210M) 20.5 vs 14.3.
+# Measured with one pair: 32x32 N=16 (2.9M) serial 0.638 ms vs wavefront 0.672;
+# 32x32 N=32 (13M) 1.293 vs 0.655; 64x64 N=64 (189M) 12.7 vs 7.7.
 WAVEFRONT_MIN_MACS = 10_000_000
 # With at least one pair per thread, threads take whole scans in one region:
-# 2 x 32x32 N=32: batch 1.376 ms vs wavefront 1.718; 3 x 32x32: 1.831 vs 2.049.
-# The pure-Python fallback never came within 7x of a numba driver (2x2 N=4: 0.28 ms
-# vs 0.023), so "auto" chooses it only when numba cannot be imported.
+# 2 x 32x32 N=32: batch 1.533 ms vs wavefront 1.672; 2 x 64x64 N=64: 10.2 vs 14.0.
+# The pure-Python fallback never came within 14x of a numba driver (2x2 N=4: 0.37 ms
+# vs 0.016), so "auto" chooses it only when numba cannot be imported.
 
 
 class Choice(NamedTuple):
