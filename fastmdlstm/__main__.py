@@ -1,10 +1,12 @@
-"""Command line: `python -m fastmdlstm [demo|bench|info]` (also `fastmdlstm ...`).
+"""Command line: `python -m fastmdlstm [demo|run|bench|info]` (also `fastmdlstm ...`).
 
 With no arguments it runs the demo: a batch forward on a generated sample
 batch with every backend, printing throughput and what backend="auto" chose.
+Errors end with a one-line message and a non-zero exit status, not a traceback.
 """
 
 import argparse
+import os
 import platform
 import sys
 
@@ -12,6 +14,7 @@ import numpy as np
 
 from . import __version__, _api, _dispatch
 from ._bench import CONFIGS, cpu_model, throughput
+from ._run import RunError, run_file
 
 
 def _threads():
@@ -19,6 +22,7 @@ def _threads():
 
 
 def _print_table(config, backends, repeat):
+    """Print one configuration's throughput table; return its rows."""
     x, weights, _ = config.problem()
     choice = _api.choose_backend(x, weights, directions=config.directions)
     print(f"\n{config.name}: B={config.batch} spatial={config.spatial} C={config.channels} "
@@ -26,8 +30,10 @@ def _print_table(config, backends, repeat):
           f"{np.dtype(config.dtype).name}  ({config.flops / 1e9:.3f} GFLOP per forward)")
     print(f"  auto -> {choice.backend}/{choice.driver}: {choice.reason}")
     print(f"  {'backend':<8} {'median ms':>10} {'images/s':>10} {'GFLOP/s':>8}")
-    for backend, seconds, images, gflops in throughput(config, backends, repeat):
+    rows = throughput(config, backends, repeat)
+    for backend, seconds, images, gflops in rows:
         print(f"  {backend:<8} {seconds * 1e3:>10.2f} {images:>10.1f} {gflops:>8.2f}")
+    return rows
 
 
 def demo(args):
@@ -49,8 +55,47 @@ def bench(args):
     backends = ("auto", "numba", "python") if _api.HAVE_NUMBA else ("auto", "python")
     if args.no_python:
         backends = tuple(b for b in backends if b != "python")
-    for name in names:
-        _print_table(CONFIGS[name], backends, repeat=args.repeat)
+    if args.plot:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise RunError("--plot needs matplotlib (pip install 'fastmdlstm[plot]')") from None
+    results = {name: _print_table(CONFIGS[name], backends, repeat=args.repeat)
+               for name in names}
+    if args.plot:
+        fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 4))
+        width = 0.8 / len(backends)
+        for k, backend in enumerate(backends):
+            ax.bar([i + k * width for i in range(len(names))],
+                   [results[n][k][3] for n in names], width, label=backend)
+        ax.set_xticks([i + width * (len(backends) - 1) / 2 for i in range(len(names))])
+        ax.set_xticklabels(names)
+        ax.set_ylabel("GFLOP/s")
+        ax.set_title(f"fastmdlstm {__version__}, {_threads()} threads, {cpu_model()}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot)
+        print(f"\nplot written to {args.plot}")
+    return 0
+
+
+def run(args):
+    if args.threads is not None:
+        if not _api.HAVE_NUMBA:
+            raise RunError("--threads needs numba")
+        limit = _api.numba.config.NUMBA_NUM_THREADS
+        if not 1 <= args.threads <= limit:
+            raise RunError(f"--threads must be between 1 and {limit} (NUMBA_NUM_THREADS)")
+        _api.numba.set_num_threads(args.threads)
+    progress = not args.quiet and sys.stderr.isatty()
+    images, seconds = run_file(args.model, args.input, args.output,
+                               batch_size=args.batch_size, backend=args.backend,
+                               sizes_path=args.sizes, progress=progress)
+    if not args.quiet:
+        print(f"{images} images in {seconds:.2f} s: {images / max(seconds, 1e-9):.1f} "
+              f"images/s -> {args.output}")
     return 0
 
 
@@ -76,8 +121,10 @@ def info(args):
         from numba.core import config
         _touch_parallel(4)  # the threading layer is chosen on first parallel use
         print(f"numba {numba.__version__}, llvmlite {llvmlite.__version__}")
-        print(f"threads {numba.get_num_threads()}, threading layer "
-              f"{numba.threading_layer()}, cache dir {config.CACHE_DIR or '(default)'}")
+        cache = config.CACHE_DIR or os.path.join(os.path.dirname(__file__), "__pycache__")
+        print(f"threads {numba.get_num_threads()} (NUMBA_NUM_THREADS "
+              f"{config.NUMBA_NUM_THREADS}), threading layer {numba.threading_layer()}")
+        print(f"cache dir {cache}")
     else:
         print("numba: not importable (python fallback only)")
     print(f"cpu {cpu_model()}")
@@ -96,11 +143,33 @@ def main(argv=None):
     p_bench.add_argument("configs", nargs="*", help=f"of {list(CONFIGS)}")
     p_bench.add_argument("--repeat", type=int, default=3)
     p_bench.add_argument("--no-python", action="store_true", help="skip the slow fallback")
+    p_bench.add_argument("--plot", metavar="PATH.png", help="also plot GFLOP/s (matplotlib)")
+    p_run = sub.add_parser("run", help="batch inference of a saved layer over an .npy file")
+    p_run.add_argument("model", help="MODEL.npz written by MDLSTM2D/MDLSTM3D.save")
+    p_run.add_argument("input", help="INPUT.npy of shape (B, *spatial, C), memory-mapped")
+    p_run.add_argument("-o", "--output", required=True, help="OUTPUT.npy to write")
+    p_run.add_argument("--batch-size", type=int, default=None,
+                       help="images per chunk (default: about 256 MiB of input + output)")
+    p_run.add_argument("--threads", type=int, default=None, help="numba threads")
+    p_run.add_argument("--backend", default="auto", choices=_api.BACKENDS)
+    p_run.add_argument("--sizes", default=None, help="SIZES.npy (B, d) valid extents")
+    p_run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     sub.add_parser("info", help="versions, threads and dispatcher thresholds")
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["demo"] if argv is None else list(argv) + ["demo"])
-    return {"demo": demo, "bench": bench, "info": info}[args.command](args)
+    command = {"demo": demo, "bench": bench, "info": info, "run": run}[args.command]
+    try:
+        return command(args)
+    except RunError as err:
+        print(f"fastmdlstm {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # disk full, permissions, ...
+        print(f"fastmdlstm {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"fastmdlstm {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -80,7 +80,10 @@ class MDLSTM:
     @classmethod
     def load(cls, path):
         """Read a layer written by save(); MDLSTM.load accepts any ndim."""
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: not a fastmdlstm model file (not an .npz archive)")
+        with data:
             try:
                 meta = json.loads(str(data["meta"]))
                 weights, bias = data["weights"], data["bias"]
