@@ -5,6 +5,8 @@ caller's buffers untouched.
 """
 
 import functools
+import os
+import threading
 import warnings
 
 import numpy as np
@@ -29,6 +31,34 @@ BACKENDS = ("auto", "numba", "python")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 DIRECTION_NAMES = {"tl": (1, 1), "tr": (1, -1), "bl": (-1, 1), "br": (-1, -1)}
 _warned_no_numba = False
+
+
+# --- where a parallel kernel may run ---------------------------------------------
+# Numba's workqueue threading layer is not thread-safe: concurrent parallel
+# calls abort the process. GNU OpenMP (the omp layer) is not fork-safe: a forked
+# child of a process that has used it aborts on its first parallel call. So
+# parallel drivers run under a lock unless the layer is known to be
+# thread-safe, and a forked child of an omp process runs the serial driver
+# (bitwise the same results).
+_parallel_lock = threading.Lock()
+_parallel_state = {"layer": None, "pid": None}
+
+
+def _launch(driver, *args):
+    if driver != "serial":
+        layer, pid = _parallel_state["layer"], _parallel_state["pid"]
+        if layer == "omp" and pid != os.getpid():
+            driver = "serial"
+        elif layer in ("omp", "tbb"):
+            return _kernels.DRIVERS[driver](*args)
+        else:  # workqueue, or not known before the first parallel call
+            with _parallel_lock:
+                result = _kernels.DRIVERS[driver](*args)
+                if layer is None:
+                    _parallel_state["layer"] = numba.threading_layer()
+                    _parallel_state["pid"] = os.getpid()
+                return result
+    return _kernels.DRIVERS[driver](*args)
 
 
 # --- argument checks ---------------------------------------------------------
@@ -175,6 +205,27 @@ def _check_sizes(sizes, batch, spatial):
     return sizes, bool((sizes != np.array(spatial)).any())
 
 
+def _available_memory():
+    """Bytes the OS can still hand out (Linux MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_memory(nbytes, what):
+    """Fail before allocating when a request cannot fit (instead of an OOM kill
+    later, when lazily committed pages are touched)."""
+    available = _available_memory()
+    if available is not None and nbytes > available:
+        raise MemoryError(f"{what} needs {nbytes} bytes ({nbytes / 2**30:.2f} GiB) but only "
+                          f"{available} bytes ({available / 2**30:.2f} GiB) are available")
+
+
 def _check_buffer(buf, name, shape, dtype, others):
     if not isinstance(buf, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(buf).__name__}")
@@ -256,11 +307,20 @@ def forward(x, weights, bias, *, variant="slstm", directions=None, sizes=None,
     signs = parse_directions(directions, d, count=z)
     sizes, ragged = _check_sizes(sizes, batch, spatial)
     out_shape = (batch,) + spatial + (z * n,)
-    if out is None:
-        out = np.empty(out_shape, dtype=x.dtype)
-    else:
+    if out is not None:
         _check_buffer(out, "out", out_shape, x.dtype, [("x", x)])
     chosen, driver = _resolve_backend(backend, (batch, spatial, channels, n, z))
+    out_bytes = int(np.prod(out_shape)) * x.dtype.itemsize
+    # What this call allocates: h (unless out is given), c if asked for, and
+    # the kernels' state (rolling planes; whole padded states for python).
+    if chosen == "numba":  # h and c of two planes per (sample, direction), at most
+        state = 4 * out_bytes // max(spatial[-1], 1)
+    else:  # padded h and c of the whole batch, one direction at a time
+        state = int(2 * out_bytes / z * np.prod([(s + 1) / max(s, 1) for s in spatial]))
+    _check_memory((out is None) * out_bytes + return_cell * out_bytes + state,
+                  "forward of x with shape " + str(x.shape))
+    if out is None:
+        out = np.empty(out_shape, dtype=x.dtype)
     cell = np.empty(out_shape, dtype=x.dtype) if return_cell else None
     if out.size:
         if chosen == "python":
@@ -289,8 +349,8 @@ def _run_forward_kernel(driver, x, w, b, d, variant, signs, sizes, ragged, out, 
         if cell is not None:
             _zero_outside(cell, sizes, x.shape[1:-1])
     empty = np.empty((0,) * 5, dtype=x.dtype)
-    _kernels.DRIVERS[driver](
-        _canonical(x, d), w, b, d, _kernels.VARIANTS[variant],
+    _launch(
+        driver, _canonical(x, d), w, b, d, _kernels.VARIANTS[variant],
         sizes, signs, False, empty, empty, _canonical(out, d),
         empty if cell is None else _canonical(cell, d),
         _kernels.DEFAULT_GROUP if group is None else group, numba.get_num_threads())
@@ -321,8 +381,9 @@ def forward_inplace(x, weights, bias, h, c, *, variant="slstm", backend="auto"):
         _reference.scan_padded(x, w[0], b[0], h, c, variant)
         return None
     empty = np.empty((0,) * 5, dtype=x.dtype)
-    _kernels.DRIVERS[driver](
-        _canonical(x, d), w, b, d, _kernels.VARIANTS[variant], _full_sizes(batch, spatial),
+    _launch(
+        driver, _canonical(x, d), w, b, d, _kernels.VARIANTS[variant],
+        _full_sizes(batch, spatial),
         parse_directions(None, d), True, _canonical(h, d), _canonical(c, d),
         empty, empty, _kernels.DEFAULT_GROUP, numba.get_num_threads())
     return None

@@ -133,6 +133,23 @@ def _sigmoid64(x):
     return s if x >= 0 else e * s
 
 
+def saturate(x):
+    """x clipped to the finite range of its float type (NaN stays NaN)."""
+    big = np.finfo(type(x)).max if isinstance(x, np.floating) else np.finfo(float).max
+    return big if x > big else (-big if x < -big else x)
+
+
+@overload(saturate)
+def _saturate_overload(x):
+    if x == types.float32:
+        big32 = np.float32(np.finfo(np.float32).max)
+        return lambda x: big32 if x > big32 else (-big32 if x < -big32 else x)
+    if x == types.float64:
+        big64 = np.finfo(np.float64).max
+        return lambda x: big64 if x > big64 else (-big64 if x < -big64 else x)
+    return None
+
+
 @overload(fast_tanh)
 def _fast_tanh_overload(x):
     if x == types.float32:
@@ -226,6 +243,11 @@ def _cell_update(acc, m, c_prev, d, n, variant, h, c):
         base = (3 + k) * n
         for r in range(n):
             c[r] += fast_sigmoid(acc[m, base + r]) * c_prev[m, k, r]
+    # Saturate instead of overflowing: two forget-gated predecessors can make
+    # |c| grow geometrically along a scan; at +-inf, c_up - c_left could give
+    # NaN from finite inputs.
+    for r in range(n):
+        c[r] = saturate(c[r])
     if variant == 0:
         for r in range(n):
             h[r] = fast_tanh(c[r] * fast_sigmoid(acc[m, n + r]))

@@ -8,7 +8,7 @@ Notation (d spatial axes, N hidden units, C input channels):
     pre   = [x_p | h_(p - e_0) | ... | h_(p - e_{d-1})] @ W + b
     g     = tanh(pre[0:N])     o = sigma(pre[N:2N])     i = sigma(pre[2N:3N])
     f_k   = sigma(pre[(3+k)N:(4+k)N])                   for each axis k
-    c_p   = g*i + sum_k f_k * c_(p - e_k)
+    c_p   = g*i + sum_k f_k * c_(p - e_k)     (saturated at +-largest float)
     h_p   = tanh(c_p * o)      ("slstm")   or   o * tanh(c_p)   ("graves")
 
 The work is vectorised over the batch only; pixels are visited one by one in
@@ -49,9 +49,14 @@ def scan_padded(x, weights, bias, h, c, variant):
         o = sigmoid(pre[:, n:2 * n])
         i = sigmoid(pre[:, 2 * n:3 * n])
         cell = g * i
-        for k in range(d):
-            f = sigmoid(pre[:, (3 + k) * n:(4 + k) * n])
-            cell = cell + f * c[(slice(None),) + prev[k]]
+        # |c| saturates at the largest finite float instead of overflowing
+        # (the sum below may overflow first; the clip brings it back).
+        with np.errstate(over="ignore"):
+            for k in range(d):
+                f = sigmoid(pre[:, (3 + k) * n:(4 + k) * n])
+                cell = cell + f * c[(slice(None),) + prev[k]]
+        big = np.finfo(cell.dtype).max
+        cell = np.clip(cell, -big, big)
         c[(slice(None),) + q] = cell
         if variant == "slstm":
             h[(slice(None),) + q] = np.tanh(cell * o)
