@@ -82,17 +82,23 @@ def bench(args):
 
 
 def run(args):
+    before = None
     if args.threads is not None:
         if not _api.HAVE_NUMBA:
             raise RunError("--threads needs numba")
         limit = _api.numba.config.NUMBA_NUM_THREADS
         if not 1 <= args.threads <= limit:
             raise RunError(f"--threads must be between 1 and {limit} (NUMBA_NUM_THREADS)")
+        before = _api.numba.get_num_threads()
         _api.numba.set_num_threads(args.threads)
     progress = not args.quiet and sys.stderr.isatty()
-    images, seconds = run_file(args.model, args.input, args.output,
-                               batch_size=args.batch_size, backend=args.backend,
-                               sizes_path=args.sizes, progress=progress)
+    try:
+        images, seconds = run_file(args.model, args.input, args.output,
+                                   batch_size=args.batch_size, backend=args.backend,
+                                   sizes_path=args.sizes, progress=progress)
+    finally:  # main() may be called in-process: leave the caller's setting alone
+        if before is not None:
+            _api.numba.set_num_threads(before)
     if not args.quiet:
         print(f"{images} images in {seconds:.2f} s: {images / max(seconds, 1e-9):.1f} "
               f"images/s -> {args.output}")
@@ -164,7 +170,7 @@ def main(argv=None):
     except RunError as err:
         print(f"fastmdlstm {args.command}: error: {err}", file=sys.stderr)
         return 1
-    except OSError as err:  # disk full, permissions, ...
+    except (OSError, MemoryError) as err:  # disk full, permissions, ...
         print(f"fastmdlstm {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

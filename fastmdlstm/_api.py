@@ -36,28 +36,46 @@ _warned_no_numba = False
 # --- where a parallel kernel may run ---------------------------------------------
 # Numba's workqueue threading layer is not thread-safe: concurrent parallel
 # calls abort the process. GNU OpenMP (the omp layer) is not fork-safe: a forked
-# child of a process that has used it aborts on its first parallel call. So
+# child of a process that has used it is killed on its first parallel call. So
 # parallel drivers run under a lock unless the layer is known to be
-# thread-safe, and a forked child of an omp process runs the serial driver
-# (bitwise the same results).
+# thread-safe, and in a forked child whose parent had started omp (by any
+# numba code, not only ours) the serial driver runs (bitwise the same results).
 _parallel_lock = threading.Lock()
-_parallel_state = {"layer": None, "pid": None}
+_fork_state = {"forked_after_omp": False}
+
+
+def _current_layer():
+    """The threading layer this process has started, or None before any."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None
+
+
+def _before_fork():
+    _fork_state["omp_at_fork"] = HAVE_NUMBA and _current_layer() == "omp"
+
+
+def _after_fork_in_child():
+    global _parallel_lock
+    _parallel_lock = threading.Lock()  # a lock held by another thread at fork stays held
+    _fork_state["forked_after_omp"] |= _fork_state.get("omp_at_fork", False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 def _launch(driver, *args):
     if driver != "serial":
-        layer, pid = _parallel_state["layer"], _parallel_state["pid"]
-        if layer == "omp" and pid != os.getpid():
+        layer = _current_layer()
+        if _fork_state["forked_after_omp"]:
             driver = "serial"
         elif layer in ("omp", "tbb"):
             return _kernels.DRIVERS[driver](*args)
-        else:  # workqueue, or not known before the first parallel call
+        else:  # workqueue, or not started yet (the first call picks the layer)
             with _parallel_lock:
-                result = _kernels.DRIVERS[driver](*args)
-                if layer is None:
-                    _parallel_state["layer"] = numba.threading_layer()
-                    _parallel_state["pid"] = os.getpid()
-                return result
+                return _kernels.DRIVERS[driver](*args)
     return _kernels.DRIVERS[driver](*args)
 
 
@@ -119,9 +137,10 @@ def _check_params(weights, bias, d, channels, dtype):
 
 def parse_directions(directions, d, count=None):
     """Sign tuples (Z, d) for directions given as names or sign tuples."""
-    try:  # the common spellings are parsed once (a forward call is ~20 us at B=1)
+    try:  # the common spellings are parsed once (a forward call is ~20 us at B=1);
+        # the key keeps each sign's type so that True or 1.0 never hit the entry of 1
         key = None if directions is None else tuple(
-            e if isinstance(e, str) else tuple(e) for e in (
+            e if isinstance(e, str) else tuple((type(v), v) for v in e) for e in (
                 [directions] if isinstance(directions, str) else directions))
         hash(key)
     except TypeError:
@@ -131,7 +150,9 @@ def parse_directions(directions, d, count=None):
 
 @functools.lru_cache(maxsize=256)
 def _parse_directions_cached(key, d, count):
-    signs = _parse_directions(key, d, count)
+    entries = None if key is None else [
+        e if isinstance(e, str) else tuple(v for _, v in e) for e in key]
+    signs = _parse_directions(entries, d, count)
     signs.flags.writeable = False
     return signs
 
@@ -236,9 +257,20 @@ def _check_buffer(buf, name, shape, dtype, others):
     if not buf.flags.writeable:
         raise ValueError(f"{name} is read-only")
     for other_name, other in others:
-        if np.may_share_memory(buf, other):
+        if _overlaps(buf, other):
             raise ValueError(f"{name} must not share memory with {other_name}")
     return buf
+
+
+def _overlaps(a, b):
+    """Whether a and b share memory (interleaved views that don't are fine);
+    when deciding exactly is too costly, assume they do."""
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=10**5))
+    except Exception:  # numpy's TooHardError
+        return True
 
 
 def _resolve_backend(backend, macs_args, explain=False):
@@ -308,15 +340,19 @@ def forward(x, weights, bias, *, variant="slstm", directions=None, sizes=None,
     sizes, ragged = _check_sizes(sizes, batch, spatial)
     out_shape = (batch,) + spatial + (z * n,)
     if out is not None:
-        _check_buffer(out, "out", out_shape, x.dtype, [("x", x)])
+        _check_buffer(out, "out", out_shape, x.dtype, [("x", x), ("weights", w), ("bias", b)])
     chosen, driver = _resolve_backend(backend, (batch, spatial, channels, n, z))
     out_bytes = int(np.prod(out_shape)) * x.dtype.itemsize
     # What this call allocates: h (unless out is given), c if asked for, and
     # the kernels' state (rolling planes; whole padded states for python).
-    if chosen == "numba":  # h and c of two planes per (sample, direction), at most
-        state = 4 * out_bytes // max(spatial[-1], 1)
-    else:  # padded h and c of the whole batch, one direction at a time
-        state = int(2 * out_bytes / z * np.prod([(s + 1) / max(s, 1) for s in spatial]))
+    item = x.dtype.itemsize
+    if chosen == "numba":  # h and c of two planes per (sample, direction) in flight
+        plane = int(np.prod(((1,) * (3 - d) + spatial)[:2]))
+        in_flight = batch * z if driver == "wavefront" else min(batch * z,
+                                                                numba.get_num_threads())
+        state = 4 * plane * n * item * in_flight
+    else:  # padded h and c of the whole batch for one direction, and a copy of x
+        state = 2 * batch * int(np.prod([s + 1 for s in spatial])) * n * item + x.nbytes
     _check_memory((out is None) * out_bytes + return_cell * out_bytes + state,
                   "forward of x with shape " + str(x.shape))
     if out is None:
@@ -344,16 +380,16 @@ def _zero_outside(buf, sizes, spatial):
 def _run_forward_kernel(driver, x, w, b, d, variant, signs, sizes, ragged, out, cell,
                         group=None):
     """Run one numba driver; group (cells per weight pass) is for tests/benchmarks."""
-    if ragged:
-        _zero_outside(out, sizes, x.shape[1:-1])
-        if cell is not None:
-            _zero_outside(cell, sizes, x.shape[1:-1])
     empty = np.empty((0,) * 5, dtype=x.dtype)
     _launch(
         driver, _canonical(x, d), w, b, d, _kernels.VARIANTS[variant],
         sizes, signs, False, empty, empty, _canonical(out, d),
         empty if cell is None else _canonical(cell, d),
         _kernels.DEFAULT_GROUP if group is None else group, numba.get_num_threads())
+    if ragged:  # after the kernel: a failed launch must leave out untouched
+        _zero_outside(out, sizes, x.shape[1:-1])
+        if cell is not None:
+            _zero_outside(cell, sizes, x.shape[1:-1])
 
 
 def forward_inplace(x, weights, bias, h, c, *, variant="slstm", backend="auto"):
@@ -372,8 +408,9 @@ def forward_inplace(x, weights, bias, h, c, *, variant="slstm", backend="auto"):
         raise ValueError(f"weights must hold one direction for forward_inplace, "
                          f"got Z={w.shape[0]}")
     state_shape = (batch,) + tuple(s + 1 for s in spatial) + (n,)
-    _check_buffer(h, "h", state_shape, x.dtype, [("x", x)])
-    _check_buffer(c, "c", state_shape, x.dtype, [("x", x), ("h", h)])
+    params = [("weights", w), ("bias", b)]
+    _check_buffer(h, "h", state_shape, x.dtype, [("x", x)] + params)
+    _check_buffer(c, "c", state_shape, x.dtype, [("x", x), ("h", h)] + params)
     chosen, driver = _resolve_backend(backend, (batch, spatial, channels, n, 1))
     if batch == 0 or 0 in spatial:
         return None

@@ -90,6 +90,9 @@ class MDLSTM:
             except KeyError as err:
                 raise ValueError(f"{path}: not a fastmdlstm model file "
                                  f"(missing {err.args[0]!r})") from None
+        required = ("format", "ndim", "input_size", "hidden_size", "variant", "directions")
+        if not isinstance(meta, dict) or any(k not in meta for k in required):
+            raise ValueError(f"{path}: not a fastmdlstm model file (bad metadata)")
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"{path}: unsupported model format {meta.get('format')!r}")
         if cls.ndim is not None and meta["ndim"] != cls.ndim:

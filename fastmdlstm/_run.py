@@ -10,6 +10,7 @@ import os
 import sys
 import tempfile
 import time
+import zipfile
 
 import numpy as np
 
@@ -26,11 +27,15 @@ class RunError(Exception):
 
 def _load_npy(path, what):
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise RunError(f"{what} {path}: no such file") from None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise RunError(f"{what} {path}: not a readable .npy file ({err})") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        array.close()
+        raise RunError(f"{what} {path}: an .npz archive, not an .npy array")
+    return array
 
 
 def _load_model(path):
@@ -38,8 +43,9 @@ def _load_model(path):
         return MDLSTM.load(path)
     except FileNotFoundError:
         raise RunError(f"model {path}: no such file") from None
-    except (OSError, ValueError, KeyError) as err:
-        raise RunError(f"model {path}: {err}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError,
+            zipfile.BadZipFile) as err:
+        raise RunError(f"model {path}: not a usable model file ({err})") from None
 
 
 class Progress:
@@ -62,6 +68,15 @@ class Progress:
         if self.enabled:
             sys.stderr.write("\n")
             sys.stderr.flush()
+
+
+def _publish(tmp, output_path):
+    """Rename the finished file into place, with the permissions a plainly
+    created file would have (mkstemp makes it 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, output_path)
 
 
 def run_file(model_path, input_path, output_path, *, batch_size=None, backend="auto",
@@ -108,7 +123,7 @@ def run_file(model_path, input_path, output_path, *, batch_size=None, backend="a
         if 0 in out_shape:  # nothing to map: numpy cannot mmap an empty data block
             with open(tmp, "wb") as f:
                 np.save(f, np.zeros(out_shape, dtype))
-            os.replace(tmp, output_path)
+            _publish(tmp, output_path)
             return batch, time.perf_counter() - start
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=out_shape)
         for lo in range(0, batch, batch_size):
@@ -118,12 +133,12 @@ def run_file(model_path, input_path, output_path, *, batch_size=None, backend="a
                 forward(chunk, layer.weights, layer.bias, variant=layer.variant,
                         directions=layer.directions, backend=backend,
                         sizes=None if sizes is None else sizes[lo:hi], out=out[lo:hi])
-            except (ValueError, TypeError) as err:
+            except (ValueError, TypeError, MemoryError) as err:
                 raise RunError(str(err)) from None
             bar.update(hi)
         out.flush()
         del out
-        os.replace(tmp, output_path)
+        _publish(tmp, output_path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

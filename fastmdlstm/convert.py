@@ -304,14 +304,15 @@ def stack_directions(parts, directions, *, variant="slstm"):
     parts = [(np.asarray(w), np.asarray(b)) for w, b in parts]
     if isinstance(directions, str):
         directions = (directions,)
-    directions = tuple(e if isinstance(e, str) else tuple(int(s) for s in e)
-                       for e in directions)
+    directions = tuple(e if isinstance(e, str) else tuple(e) for e in directions)
     if not parts or not directions:
         raise ValueError("parts and directions must hold at least one direction")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     d = _ndim_of(directions)
     parse_directions(directions, d, count=len(parts))  # validates names/signs and count
+    directions = tuple(e if isinstance(e, str) else tuple(int(s) for s in e)
+                       for e in directions)
     shapes = sorted({(w.shape, b.shape) for w, b in parts})
     if len(shapes) != 1:
         raise ValueError(f"parts must all have the same shapes, got {shapes}")

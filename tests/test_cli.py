@@ -59,6 +59,10 @@ def _bad_cases(folder):
     np.save(folder / "sizes_bad.npy", np.ones((3, 2), np.int64))
     np.save(folder / "sizes_big.npy", np.full((11, 2), 9, np.int64))
     (folder / "junk.npy").write_bytes(b"not an npy file")
+    (folder / "broken.npz").write_bytes(b"PK\x03\x04 truncated zip")
+    np.savez(folder / "arch.npz", a=np.zeros(3))
+    np.savez(folder / "meta_list.npz", weights=np.zeros((1, 11, 20)), bias=np.zeros((1, 20)),
+             meta=np.array("[1, 2]"))
     m, x = str(folder / "model.npz"), str(folder / "in.npy")
     return {
         "missing input": ([m, str(folder / "nope.npy")], "no such file"),
@@ -72,11 +76,15 @@ def _bad_cases(folder):
         "sizes too big": ([m, x, "--sizes", str(folder / "sizes_big.npy")], "sizes"),
         "batch size": ([m, x, "--batch-size", "0"], "batch-size"),
         "threads": ([m, x, "--threads", "0"], "threads"),
+        "npz as input": ([m, str(folder / "arch.npz")], ".npz"),
+        "corrupt model": ([str(folder / "broken.npz"), x], "model"),
+        "bad metadata": ([str(folder / "meta_list.npz"), x], "model"),
     }
 
 
 BAD = ["missing input", "missing model", "not a model", "junk input", "channels", "ndim",
-       "complex", "sizes shape", "sizes too big", "batch size", "threads"]
+       "complex", "sizes shape", "sizes too big", "batch size", "threads", "npz as input",
+       "corrupt model", "bad metadata"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -91,6 +99,20 @@ def test_run_errors_are_one_line_and_leave_nothing(files, capsys, case):
     assert "Traceback" not in err and out == ""
     assert target.read_bytes() == b"previous result"
     assert not leftovers(folder)
+
+
+def test_run_threads_option_is_restored_and_output_permissions(files):
+    numba = pytest.importorskip("numba")
+    folder, layer, x = files
+    before = numba.get_num_threads()
+    umask = os.umask(0o022)
+    try:
+        assert main(["run", str(folder / "model.npz"), str(folder / "in.npy"), "-o",
+                     str(folder / "out.npy"), "--threads", "1", "--quiet"]) == 0
+    finally:
+        os.umask(umask)
+    assert numba.get_num_threads() == before
+    assert (folder / "out.npy").stat().st_mode & 0o777 == 0o644
 
 
 def test_run_output_folder_missing(files, capsys):

@@ -144,3 +144,23 @@ def test_forward_inplace_rejects(name):
 def test_other_entry_points_reject(call, error, argument):
     with pytest.raises(error, match=argument):
         call()
+
+
+def test_direction_validation_does_not_depend_on_earlier_calls():
+    x, w, b = good()
+    fastmdlstm.forward(x, w, b, directions=[(1, 1)])  # fills the parse cache
+    for bad in ([(True, True)], [(1.0, 1.0)], [(1, 1.0)]):
+        with pytest.raises(ValueError, match="directions"):
+            fastmdlstm.forward(x, w, b, directions=bad)
+
+
+def test_buffers_must_not_overlap_parameters_but_interleaved_views_are_fine():
+    x, w, b = good()
+    w = np.ascontiguousarray(w)
+    w_before = w.copy()
+    with pytest.raises(ValueError, match="out must not share memory with weights"):
+        fastmdlstm.forward(x, w, b, out=w.reshape(-1)[:2 * 3 * 4 * 3].reshape(2, 3, 4, 3))
+    np.testing.assert_array_equal(w, w_before)
+    buf = np.zeros((2, 4, 5, 6))
+    fastmdlstm.forward_inplace(x, w, b, buf[..., ::2], buf[..., 1::2])  # interleaved: fine
+    assert buf[:, 1:, 1:].any()

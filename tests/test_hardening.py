@@ -98,10 +98,45 @@ def test_threads_in_process():
     assert not bad
 
 
+FORK_AFTER_USER_PARALLEL = """
+import multiprocessing, numba, numpy as np, fastmdlstm
+
+@numba.njit(parallel=True)
+def user_kernel(n):  # the user's own parallel numba code starts the thread pool
+    s = 0.0
+    for i in numba.prange(n):
+        s += i
+    return s
+
+user_kernel(1000)
+x = np.random.default_rng(0).standard_normal((4, 64, 64, 4)).astype(np.float32)
+w, b = fastmdlstm.init_params(4, 16, seed=0)
+with multiprocessing.get_context("fork").Pool(2) as pool:
+    parts = pool.starmap(fastmdlstm.forward, [(x[k:k + 1], w, b) for k in range(4)])
+assert np.array_equal(np.concatenate(parts), fastmdlstm.forward(x, w, b))
+print(numba.threading_layer())
+"""
+
+
+def test_fork_after_the_users_own_parallel_code():
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("fork not available")
+    result = subprocess.run([sys.executable, "-c", FORK_AFTER_USER_PARALLEL],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_moderate_problem_is_not_refused_for_memory():
+    x = np.zeros((1000, 64, 1, 1), np.float32)  # width 1: many planes, little state
+    w, b = fastmdlstm.init_params(1, 8)
+    assert fastmdlstm.forward(x, w, b).shape == (1000, 64, 1, 8)
+
+
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_multiprocessing(method):
+def test_multiprocessing(method, threads):
     if method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"{method} not available")
+    threads(2)
     x, w, b = make_problem(4, (64, 64), 4, 16, dtype=np.float32, seed=5)
     local = fastmdlstm.forward(x, w, b)  # the parent has used the parallel kernels
     ctx = multiprocessing.get_context(method)

@@ -37,7 +37,9 @@ def test_float32_activation_error(sigmoid):
     x64 = x.astype(np.float64)
     want = 0.5 + 0.5 * np.tanh(0.5 * x64) if sigmoid else np.tanh(x64)
     err = np.abs(got.astype(np.float64) - want)
-    assert err.max() <= 5e-7, (err.max(), x[err.argmax()])
+    # The contract is 5e-7; the implementation reaches 9e-8 (README), and this
+    # bound catches a loss of accuracy well before the contract is broken.
+    assert err.max() <= 1e-7, (err.max(), x[err.argmax()])
 
 
 @pytest.mark.parametrize("sigmoid", [False, True])
