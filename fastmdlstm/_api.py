@@ -5,6 +5,7 @@ caller's buffers untouched.
 """
 
 import functools
+import math
 import os
 import threading
 import warnings
@@ -238,9 +239,16 @@ def _available_memory():
     return None
 
 
+# Requests below this are not checked: reading /proc/meminfo costs more than a
+# small forward (tens of microseconds).
+MEMORY_CHECK_MIN_BYTES = 64 * 2**20
+
+
 def _check_memory(nbytes, what):
     """Fail before allocating when a request cannot fit (instead of an OOM kill
     later, when lazily committed pages are touched)."""
+    if nbytes < MEMORY_CHECK_MIN_BYTES:
+        return
     available = _available_memory()
     if available is not None and nbytes > available:
         raise MemoryError(f"{what} needs {nbytes} bytes ({nbytes / 2**30:.2f} GiB) but only "
@@ -273,7 +281,11 @@ def _overlaps(a, b):
         return True
 
 
-def _resolve_backend(backend, macs_args, explain=False):
+def _threads():
+    return numba.get_num_threads() if HAVE_NUMBA else 1
+
+
+def _resolve_backend(backend, macs_args, explain=False, threads=None):
     """(backend, driver), or a Choice with its reason when explain."""
     global _warned_no_numba
     _check_choice(backend, "backend", BACKENDS)
@@ -286,7 +298,7 @@ def _resolve_backend(backend, macs_args, explain=False):
         _warned_no_numba = True
         warnings.warn("fastmdlstm: numba cannot be imported; backend='auto' uses the "
                       "pure-Python fallback (slow)", RuntimeWarning, stacklevel=3)
-    args = (*macs_args, numba.get_num_threads() if HAVE_NUMBA else 1, HAVE_NUMBA)
+    args = (*macs_args, _threads() if threads is None else threads, HAVE_NUMBA)
     if not explain:
         return _dispatch.pick(*args)
     choice = _dispatch.choose(*args)
@@ -341,18 +353,19 @@ def forward(x, weights, bias, *, variant="slstm", directions=None, sizes=None,
     out_shape = (batch,) + spatial + (z * n,)
     if out is not None:
         _check_buffer(out, "out", out_shape, x.dtype, [("x", x), ("weights", w), ("bias", b)])
-    chosen, driver = _resolve_backend(backend, (batch, spatial, channels, n, z))
-    out_bytes = int(np.prod(out_shape)) * x.dtype.itemsize
+    threads = _threads()  # ~2 us a query: once per call
+    chosen, driver = _resolve_backend(backend, (batch, spatial, channels, n, z),
+                                      threads=threads)
+    out_bytes = math.prod(out_shape) * x.dtype.itemsize
     # What this call allocates: h (unless out is given), c if asked for, and
     # the kernels' state (rolling planes; whole padded states for python).
     item = x.dtype.itemsize
     if chosen == "numba":  # h and c of two planes per (sample, direction) in flight
-        plane = int(np.prod(((1,) * (3 - d) + spatial)[:2]))
-        in_flight = batch * z if driver == "wavefront" else min(batch * z,
-                                                                numba.get_num_threads())
+        plane = math.prod(((1,) * (3 - d) + spatial)[:2])
+        in_flight = batch * z if driver == "wavefront" else min(batch * z, threads)
         state = 4 * plane * n * item * in_flight
     else:  # padded h and c of the whole batch for one direction, and a copy of x
-        state = 2 * batch * int(np.prod([s + 1 for s in spatial])) * n * item + x.nbytes
+        state = 2 * batch * math.prod(s + 1 for s in spatial) * n * item + x.nbytes
     _check_memory((out is None) * out_bytes + return_cell * out_bytes + state,
                   "forward of x with shape " + str(x.shape))
     if out is None:
@@ -363,7 +376,7 @@ def forward(x, weights, bias, *, variant="slstm", directions=None, sizes=None,
             _reference.forward(x, w, b, variant, signs, sizes, out, cell)
         else:
             _run_forward_kernel(driver, x, w, b, d, variant, signs,
-                                sizes, ragged, out, cell)
+                                sizes, ragged, out, cell, threads=threads)
     return (out, cell) if return_cell else out
 
 
@@ -378,14 +391,15 @@ def _zero_outside(buf, sizes, spatial):
 
 
 def _run_forward_kernel(driver, x, w, b, d, variant, signs, sizes, ragged, out, cell,
-                        group=None):
+                        group=None, threads=None):
     """Run one numba driver; group (cells per weight pass) is for tests/benchmarks."""
     empty = np.empty((0,) * 5, dtype=x.dtype)
     _launch(
         driver, _canonical(x, d), w, b, d, _kernels.VARIANTS[variant],
         sizes, signs, False, empty, empty, _canonical(out, d),
         empty if cell is None else _canonical(cell, d),
-        _kernels.DEFAULT_GROUP if group is None else group, numba.get_num_threads())
+        _kernels.DEFAULT_GROUP if group is None else group,
+        _threads() if threads is None else threads)
     if ragged:  # after the kernel: a failed launch must leave out untouched
         _zero_outside(out, sizes, x.shape[1:-1])
         if cell is not None:
