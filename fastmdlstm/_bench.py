@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._api import forward, init_params
+from ._dispatch import work
 
 ALL_2D = ("tl", "tr", "bl", "br")
 
@@ -32,11 +33,9 @@ class Config(NamedTuple):
 
     @property
     def flops(self):
-        """Multiply-add FLOPs of the matrix products: 2 B |S| (C + dN) (3+d)N per direction."""
-        cells = int(np.prod(self.spatial))
-        d = self.ndim
-        return (2 * self.batch * cells * (self.channels + d * self.hidden)
-                * (3 + d) * self.hidden * self.n_directions)
+        """FLOPs of the matrix products: 2 per multiply-add (see _dispatch.work)."""
+        return 2 * work(self.batch, self.spatial, self.channels, self.hidden,
+                        self.n_directions)[0]
 
     def problem(self, seed=0):
         """x, weights, bias for this configuration (reproducible)."""

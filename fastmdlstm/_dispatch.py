@@ -31,16 +31,22 @@ class Choice(NamedTuple):
     reason: str
 
 
+def work(batch, spatial, channels, hidden, directions):
+    """(multiply-adds of the matrix products, (sample, direction) pairs) of a forward:
+    B * |S| * (C + d*N) * (3+d)*N per direction."""
+    d = len(spatial)
+    cells = 1
+    for s in spatial:
+        cells *= s
+    pairs = batch * directions
+    return pairs * cells * (channels + d * hidden) * (3 + d) * hidden, pairs
+
+
 def pick(batch, spatial, channels, hidden, directions, threads, have_numba):
     """(backend, driver) of choose(), without building the explanation (hot path)."""
     if not have_numba:
         return "python", "reference"
-    cells = 1
-    for s in spatial:
-        cells *= s
-    d = len(spatial)
-    macs = batch * directions * cells * (channels + d * hidden) * (3 + d) * hidden
-    pairs = batch * directions
+    macs, pairs = work(batch, spatial, channels, hidden, directions)
     if threads <= 1 or macs < PARALLEL_MIN_MACS:
         return "numba", "serial"
     if pairs >= threads:
@@ -56,12 +62,7 @@ def choose(batch, spatial, channels, hidden, directions, threads, have_numba):
     if backend == "python":
         return Choice(backend, driver,
                       "numba cannot be imported; using the pure-Python fallback")
-    d = len(spatial)
-    cells = 1
-    for s in spatial:
-        cells *= s
-    macs = batch * directions * cells * (channels + d * hidden) * (3 + d) * hidden
-    pairs = batch * directions
+    macs, pairs = work(batch, spatial, channels, hidden, directions)
     reasons = {
         "serial": (f"{macs} multiply-adds < {PARALLEL_MIN_MACS}, or one thread, or one "
                    f"(sample, direction) pair and < {WAVEFRONT_MIN_MACS} multiply-adds: "

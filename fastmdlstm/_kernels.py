@@ -364,6 +364,16 @@ def _plane_i_range(t, a, s1, s2):
 
 
 @njit(**_OPTS)
+def _roll_buffers(pairs, x, n, inplace):
+    """h and c of the last two planes for each (sample, direction): (pairs, 2,
+    S0, S1, N); empty in the inplace layout, whose states live in the caller's
+    tensors."""
+    s0, s1 = (0, 0) if inplace else (x.shape[1], x.shape[2])
+    return (np.empty((pairs, 2, s0, s1, n), x.dtype),
+            np.empty((pairs, 2, s0, s1, n), x.dtype))
+
+
+@njit(**_OPTS)
 def _scratch(n_rows, n_gates, d, n, group, dtype_of):
     rows = np.empty((group, n_rows), dtype_of.dtype)
     c_prev = np.empty((group, d, n), dtype_of.dtype)
@@ -392,11 +402,7 @@ def _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
     b = bz // z_count
     z = bz % z_count
     s0, s1, s2 = _extents(sizes, b, d)
-    roll_shape = (1, 2, x.shape[1], x.shape[2], n)
-    if inplace:
-        roll_shape = (1, 2, 0, 0, n)
-    roll_h = np.empty(roll_shape, x.dtype)
-    roll_c = np.empty(roll_shape, x.dtype)
+    roll_h, roll_c = _roll_buffers(1, x, n, inplace)
     rows, c_prev, acc, h_new, c_new = _scratch(n_rows, n_gates, d, n, group, x)
     for t in range(s0 + s1 + s2 - 2):
         a_lo, a_hi = _plane_a_range(t, s0, s1, s2)
@@ -440,11 +446,7 @@ def scan_wavefront(x, w, bias, d, variant, sizes, signs, inplace,
     z_count, n_rows, n_gates = w.shape
     n = n_gates // (3 + d)
     pairs = x.shape[0] * z_count
-    roll_shape = (pairs, 2, x.shape[1], x.shape[2], n)
-    if inplace:
-        roll_shape = (pairs, 2, 0, 0, n)
-    roll_h = np.empty(roll_shape, x.dtype)
-    roll_c = np.empty(roll_shape, x.dtype)
+    roll_h, roll_c = _roll_buffers(pairs, x, n, inplace)
     planes = 0
     for b in range(x.shape[0]):
         s0, s1, s2 = _extents(sizes, b, d)

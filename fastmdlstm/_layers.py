@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from ._api import FLOAT_DTYPES, VARIANTS, forward, init_params, parse_directions
+from ._api import FLOAT_DTYPES, VARIANTS, _check_choice, forward, init_params, parse_directions
 
 FORMAT_VERSION = 1
 
@@ -26,8 +26,7 @@ class MDLSTM:
             raise ValueError("ndim must be given (1, 2 or 3) for a generic MDLSTM")
         if self.ndim is not None and ndim != self.ndim:
             raise ValueError(f"ndim must be {self.ndim} for {type(self).__name__}, got {ndim}")
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        _check_choice(variant, "variant", VARIANTS)
         if directions is None:
             directions = ("tl",) if ndim == 2 else ((1,) * ndim,)
         if isinstance(directions, str):
