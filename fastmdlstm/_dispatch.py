@@ -8,20 +8,21 @@ and update the numbers here, not by guessing.
 
 from typing import NamedTuple
 
+# Numbers quoted below: bench/CROSSOVER.md (python bench/crossover.py), medians in ms.
 # Below this many multiply-adds per call the kernel runs on one thread: opening a
-# parallel region and waking the other threads costs more than it saves. Measured:
-# 2 x 4x4 N=8 (22k): serial 0.023 ms, batch 0.030; 4 x 8x8 N=8 (174k): 0.087 vs 0.086;
-# 2 x 16x16 N=16 (1.5M): 0.357 vs 0.237.
+# parallel region and waking the other threads costs more than it saves:
+# 2 x 2x2 N=4 (1.4k): serial 0.025, batch 0.030; 2 x 8x8 N=8 (87k): 0.047 vs 0.043;
+# 4 x 8x8 N=8 (174k): 0.081 vs 0.052.
 PARALLEL_MIN_MACS = 100_000
 # With fewer (sample, direction) pairs than threads, the cells of each plane are
 # shared out (one region per plane) once a problem has this many multiply-adds.
-# Measured with one pair: 32x32 N=16 (2.9M) serial 0.638 ms vs wavefront 0.672;
-# 32x32 N=32 (13M) 1.293 vs 0.655; 64x64 N=64 (189M) 12.7 vs 7.7.
+# One pair: 8x16x16 N=16 (11M) serial 1.705 vs wavefront 1.082; 32x32 N=32 (13M)
+# 1.309 vs 1.355 (even); 48x48 N=32 (29M) 3.006 vs 2.261; 64x64 N=64 (189M) 13.0 vs 7.4.
 WAVEFRONT_MIN_MACS = 10_000_000
 # With at least one pair per thread, threads take whole scans in one region:
-# 2 x 32x32 N=32: batch 1.533 ms vs wavefront 1.672; 2 x 64x64 N=64: 10.2 vs 14.0.
-# The pure-Python fallback never came within 14x of a numba driver (2x2 N=4: 0.37 ms
-# vs 0.016), so "auto" chooses it only when numba cannot be imported.
+# 2 x 32x32 N=32: batch 1.407 vs wavefront 1.666; 2 x 64x64 N=64: 12.95 vs 14.79.
+# The pure-Python fallback never came within 15x of a numba driver (2 x 2x2 N=4:
+# 0.46 vs 0.025), so "auto" chooses it only when numba cannot be imported.
 
 
 class Choice(NamedTuple):
