@@ -6,16 +6,25 @@ spatial axes (d = 1, 2, 3) is given leading singleton axes, so x is
 real axes d, the cell variant and the state layout are runtime parameters of
 one compiled body, not pasted copies.
 
-Scan order: cells on the hyperplane t = a + i + j (in scan coordinates, i.e.
-after mirroring for the direction) depend only on plane t - 1, so a scan is a
-sequence of planes and the cells of one plane are independent. Cells of a plane
-are processed in groups of consecutive i at fixed a, so the weight rows are
-streamed once per group (a small GEMM), not once per cell.
+Scan order: cell (a, i, j) (scan coordinates, i.e. after mirroring for the
+direction) needs (a-1, i, j), (a, i-1, j) and (a, i, j-1), so the cells of a
+hyperplane t = a + i + j are independent given plane t - 1. Cells are
+processed in groups of consecutive i at fixed a and t, so the weight rows are
+streamed once per group (a small GEMM), not once per cell. Two orders of the
+groups:
+- strips (one thread per scan: serial and batch drivers): slice a after slice
+  a; in a slice, strips of `group` rows of i, each swept along its own
+  anti-diagonals. A strip reads and writes `group` rows that advance one
+  column per step, sequential streams the hardware prefetcher follows; whole
+  anti-diagonals jump a row per cell and made the writes of `out` miss cache
+  (a seventh of the run time on the 64x64 benchmark).
+- planes (wavefront driver): plane t of every scan at once, its groups shared
+  out between threads.
 
 Two state layouts share the cell code:
 - "forward": zero boundary states, h written to out[..., z*N:(z+1)*N]; the
-  predecessors come from a rolling buffer of two planes, indexed by (a, i),
-  so nothing grows with the image except the output.
+  predecessors come from a small rolling buffer (see _roll_pos), so nothing
+  grows with the image except the output.
 - "inplace": the caller's padded tensors (B, *(S+1), N) hold the boundary at
   index 0 of every real axis; states are read and written there.
 
@@ -267,17 +276,17 @@ def _axis_coord(u, extent, sign):
 
 @njit(**_OPTS)
 def _group(b, z, t, a, i0, m_cnt, x, w, bias, d, n, variant, sizes, signs,
-           inplace, h_state, c_state, slot, roll_h, roll_c, out, cell_out,
+           inplace, h_state, c_state, slot, ring, roll_h, roll_c, out, cell_out,
            rows, c_prev, acc, h_new, c_new):
     """Cells (a, i, t-a-i) for i in [i0, i0 + m_cnt) of sample b, direction z.
 
     inplace: h_state/c_state are the caller's padded tensors; otherwise
-    roll_h[slot]/roll_c[slot] (2, S0, S1, N) hold the last two planes of this
-    (b, z) and h goes to out (and c to cell_out when it has elements).
+    roll_h[slot]/roll_c[slot] hold the recent states of this (b, z), placed by
+    _roll_pos(ring, ...), and h goes to out (and c to cell_out when it has
+    elements).
     """
     n_in = x.shape[4]
-    cur = t & 1
-    prv = 1 - cur
+    s1_all = x.shape[2]
     first_real = 3 - d
     # Padding offsets of the caller's tensors: 1 on real axes, 0 on dummies.
     o0 = 1 if first_real <= 0 else 0
@@ -304,15 +313,16 @@ def _group(b, z, t, a, i0, m_cnt, x, w, bias, d, n, variant, sizes, signs,
                     c_prev[m, k, r] = c_state[b, pa, pi, pj, r]
                 continue
             if q == 0:
-                present, pa, pi = a > 0, a - 1, i
+                present, pa, pi, pj = a > 0, a - 1, i, j
             elif q == 1:
-                present, pa, pi = i > 0, a, i - 1
+                present, pa, pi, pj = i > 0, a, i - 1, j
             else:
-                present, pa, pi = j > 0, a, i
+                present, pa, pi, pj = j > 0, a, i, j - 1
             if present:
+                p, u = _roll_pos(ring, t - 1, pa, pi, pj, s1_all)
                 for r in range(n):
-                    rows[m, base + r] = roll_h[slot, prv, pa, pi, r]
-                    c_prev[m, k, r] = roll_c[slot, prv, pa, pi, r]
+                    rows[m, base + r] = roll_h[slot, p, u, r]
+                    c_prev[m, k, r] = roll_c[slot, p, u, r]
             else:
                 for r in range(n):
                     rows[m, base + r] = 0
@@ -331,9 +341,10 @@ def _group(b, z, t, a, i0, m_cnt, x, w, bias, d, n, variant, sizes, signs,
             continue
         ix = _axis_coord(i, s1, g1)
         jx = _axis_coord(j, s2, g2)
+        p, u = _roll_pos(ring, t, a, i, j, s1_all)
         for r in range(n):
-            roll_h[slot, cur, a, i, r] = h_new[r]
-            roll_c[slot, cur, a, i, r] = c_new[r]
+            roll_h[slot, p, u, r] = h_new[r]
+            roll_c[slot, p, u, r] = c_new[r]
             out[b, ax, ix, jx, ch + r] = h_new[r]
         if cell_out.size:
             for r in range(n):
@@ -364,13 +375,38 @@ def _plane_i_range(t, a, s1, s2):
 
 
 @njit(**_OPTS)
-def _roll_buffers(pairs, x, n, inplace):
-    """h and c of the last two planes for each (sample, direction): (pairs, 2,
-    S0, S1, N); empty in the inplace layout, whose states live in the caller's
-    tensors."""
-    s0, s1 = (0, 0) if inplace else (x.shape[1], x.shape[2])
-    return (np.empty((pairs, 2, s0, s1, n), x.dtype),
-            np.empty((pairs, 2, s0, s1, n), x.dtype))
+def _roll_pos(ring, t, a, i, j, s1_all):
+    """Where the states of cell (a, i, j) on plane t live in a rolling buffer.
+
+    ring == 0 (plane order): the last two planes, at [t % 2, a * S1 + i].
+    ring > 0 (strip order): the last `ring` rows of cells, at
+    [(a * S1 + i) % ring, j]; a strip of g rows needs its own rows, the row
+    before it and, in 3-D, the slice before it: ring = S1 + g (g + 1 in 2-D).
+    """
+    if ring == 0:
+        return t & 1, a * s1_all + i
+    return (a * s1_all + i) % ring, j
+
+
+@njit(**_OPTS)
+def _ring_rows(x, group):
+    """Rows of the strip-order rolling buffer (see _roll_pos)."""
+    s0, s1 = x.shape[1], x.shape[2]
+    return min(s0 * s1, (s1 if s0 > 1 else 1) + group)
+
+
+@njit(**_OPTS)
+def _roll_buffers(pairs, x, n, inplace, ring):
+    """h and c of the recent cells of each (sample, direction), (pairs, P, Q, N)
+    in _roll_pos's layout; empty in the inplace layout, whose states live in
+    the caller's tensors."""
+    if inplace:
+        shape = (pairs, 0, 0, n)
+    elif ring == 0:
+        shape = (pairs, 2, x.shape[1] * x.shape[2], n)
+    else:
+        shape = (pairs, ring, x.shape[3], n)
+    return np.empty(shape, x.dtype), np.empty(shape, x.dtype)
 
 
 @njit(**_OPTS)
@@ -396,23 +432,25 @@ def _scratch(n_rows, n_gates, d, n, group, dtype_of):
 @njit(**_OPTS)
 def _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
                  h_state, c_state, out, cell_out, group):
-    """The whole scan of one (sample, direction), plane after plane."""
+    """The whole scan of one (sample, direction) in strip order: slice a after
+    slice a, strips of `group` rows of i, each swept along its anti-diagonals
+    i + j = u (one group of cells per step)."""
     z_count, n_rows, n_gates = w.shape
     n = n_gates // (3 + d)
     b = bz // z_count
     z = bz % z_count
     s0, s1, s2 = _extents(sizes, b, d)
-    roll_h, roll_c = _roll_buffers(1, x, n, inplace)
+    ring = _ring_rows(x, group)
+    roll_h, roll_c = _roll_buffers(1, x, n, inplace, ring)
     rows, c_prev, acc, h_new, c_new = _scratch(n_rows, n_gates, d, n, group, x)
-    for t in range(s0 + s1 + s2 - 2):
-        a_lo, a_hi = _plane_a_range(t, s0, s1, s2)
-        for a in range(a_lo, a_hi + 1):
-            i_lo, i_hi = _plane_i_range(t, a, s1, s2)
-            for i0 in range(i_lo, i_hi + 1, group):
-                m_cnt = min(group, i_hi + 1 - i0)
-                _group(b, z, t, a, i0, m_cnt, x, w, bias, d, n, variant,
-                       sizes, signs, inplace, h_state, c_state, 0, roll_h, roll_c,
-                       out, cell_out, rows, c_prev, acc, h_new, c_new)
+    for a in range(s0):
+        for strip in range(0, s1, group):
+            last = min(strip + group, s1) - 1
+            for u in range(strip, last + s2):
+                i0 = max(strip, u - (s2 - 1))
+                _group(b, z, a + u, a, i0, min(last, u) + 1 - i0, x, w, bias, d, n,
+                       variant, sizes, signs, inplace, h_state, c_state, 0, ring,
+                       roll_h, roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
 
 
 @njit(**_OPTS)
@@ -446,7 +484,7 @@ def scan_wavefront(x, w, bias, d, variant, sizes, signs, inplace,
     z_count, n_rows, n_gates = w.shape
     n = n_gates // (3 + d)
     pairs = x.shape[0] * z_count
-    roll_h, roll_c = _roll_buffers(pairs, x, n, inplace)
+    roll_h, roll_c = _roll_buffers(pairs, x, n, inplace, 0)
     planes = 0
     for b in range(x.shape[0]):
         s0, s1, s2 = _extents(sizes, b, d)
@@ -477,8 +515,8 @@ def scan_wavefront(x, w, bias, d, variant, sizes, signs, inplace,
                 b = bz // z_count
                 z = bz % z_count
                 _group(b, z, t, work[item, 1], work[item, 2], work[item, 3], x, w, bias,
-                       d, n, variant, sizes, signs, inplace, h_state, c_state, bz, roll_h,
-                       roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
+                       d, n, variant, sizes, signs, inplace, h_state, c_state, bz, 0,
+                       roll_h, roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
 
 
 DRIVERS = {
