@@ -40,6 +40,8 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from ._simd import VEC_BYTES, vfma, vload, vsplat, vstore
+
 # error_model="numpy": a float division must not carry a zero-division branch,
 # which would stop the activation loops from vectorising.
 _OPTS = {"cache": True, "nogil": True, "error_model": "numpy"}
@@ -191,54 +193,98 @@ def activation_array(x, out, sigmoid):
 def _preactivation(rows, w, bias, z, acc, m_cnt):
     """acc[m] = bias[z] + rows[m] @ w[z] for m < m_cnt.
 
-    Register blocking for a loop LLVM vectorises along the gate axis: a block
-    of four weight rows is loaded once for two cells, and each acc element is
-    loaded and stored once per block instead of once per row. Every product
-    still meets its sum in row order with one FMA, whether a cell goes through
-    the paired or the single path, so blocking never changes a result.
+    A GEMM micro-kernel: a tile of 4 cells x 2 vectors of gates is accumulated
+    in registers over all rows (8 accumulators, 2 weight vectors per row,
+    each loaded once for 4 cells), then stored once. Leftover cells take 1 x 2
+    tiles, leftover gates 1 x 1 vector tiles and then scalars. Every path
+    computes each acc element as the same chain, bias then one fma per row in
+    row order, so tiling never changes a result.
     """
     n_rows, n_gates = w.shape[1], w.shape[2]
-    for m in range(m_cnt):
-        for g in range(n_gates):
-            acc[m, g] = bias[z, g]
-    r = 0
-    while r + 4 <= n_rows:
+    lanes = VEC_BYTES // rows.itemsize
+    g = 0
+    while g + 2 * lanes <= n_gates:
         m = 0
-        while m + 2 <= m_cnt:
-            a0, a1, a2, a3 = rows[m, r], rows[m, r + 1], rows[m, r + 2], rows[m, r + 3]
-            b0, b1 = rows[m + 1, r], rows[m + 1, r + 1]
-            b2, b3 = rows[m + 1, r + 2], rows[m + 1, r + 3]
-            for g in range(n_gates):
-                w0, w1, w2, w3 = w[z, r, g], w[z, r + 1, g], w[z, r + 2, g], w[z, r + 3, g]
-                s = acc[m, g]
-                s += a0 * w0
-                s += a1 * w1
-                s += a2 * w2
-                s += a3 * w3
-                acc[m, g] = s
-                t = acc[m + 1, g]
-                t += b0 * w0
-                t += b1 * w1
-                t += b2 * w2
-                t += b3 * w3
-                acc[m + 1, g] = t
-            m += 2
-        if m < m_cnt:
-            a0, a1, a2, a3 = rows[m, r], rows[m, r + 1], rows[m, r + 2], rows[m, r + 3]
-            for g in range(n_gates):
-                s = acc[m, g]
-                s += a0 * w[z, r, g]
-                s += a1 * w[z, r + 1, g]
-                s += a2 * w[z, r + 2, g]
-                s += a3 * w[z, r + 3, g]
-                acc[m, g] = s
-        r += 4
-    while r < n_rows:
+        while m + 4 <= m_cnt:
+            _tile_4x2(rows, m, w, bias, z, g, lanes, acc)
+            m += 4
+        while m < m_cnt:
+            _tile_1x2(rows, m, w, bias, z, g, lanes, acc)
+            m += 1
+        g += 2 * lanes
+    while g + lanes <= n_gates:
         for m in range(m_cnt):
-            v = rows[m, r]
-            for g in range(n_gates):
-                acc[m, g] += v * w[z, r, g]
-        r += 1
+            _tile_1x1(rows, m, w, bias, z, g, acc)
+        g += lanes
+    for m in range(m_cnt):
+        for col in range(g, n_gates):
+            s = bias[z, col]
+            for r in range(n_rows):
+                s += rows[m, r] * w[z, r, col]
+            acc[m, col] = s
+
+
+# Tiles of _preactivation. w, bias, acc are C-contiguous; offsets are flat.
+
+
+@njit(**_ACT)
+def _tile_4x2(rows, m, w, bias, z, g, lanes, acc):
+    n_rows, n_gates = w.shape[1], w.shape[2]
+    at = z * n_rows * n_gates + g
+    c00 = vload(bias, z * n_gates + g)
+    c01 = vload(bias, z * n_gates + g + lanes)
+    c10, c11, c20, c21, c30, c31 = c00, c01, c00, c01, c00, c01
+    for r in range(n_rows):
+        w0 = vload(w, at)
+        w1 = vload(w, at + lanes)
+        at += n_gates
+        v = vsplat(rows[m, r])
+        c00 = vfma(v, w0, c00)
+        c01 = vfma(v, w1, c01)
+        v = vsplat(rows[m + 1, r])
+        c10 = vfma(v, w0, c10)
+        c11 = vfma(v, w1, c11)
+        v = vsplat(rows[m + 2, r])
+        c20 = vfma(v, w0, c20)
+        c21 = vfma(v, w1, c21)
+        v = vsplat(rows[m + 3, r])
+        c30 = vfma(v, w0, c30)
+        c31 = vfma(v, w1, c31)
+    out = m * n_gates + g
+    vstore(acc, out, c00)
+    vstore(acc, out + lanes, c01)
+    vstore(acc, out + n_gates, c10)
+    vstore(acc, out + n_gates + lanes, c11)
+    vstore(acc, out + 2 * n_gates, c20)
+    vstore(acc, out + 2 * n_gates + lanes, c21)
+    vstore(acc, out + 3 * n_gates, c30)
+    vstore(acc, out + 3 * n_gates + lanes, c31)
+
+
+@njit(**_ACT)
+def _tile_1x2(rows, m, w, bias, z, g, lanes, acc):
+    n_rows, n_gates = w.shape[1], w.shape[2]
+    at = z * n_rows * n_gates + g
+    c0 = vload(bias, z * n_gates + g)
+    c1 = vload(bias, z * n_gates + g + lanes)
+    for r in range(n_rows):
+        v = vsplat(rows[m, r])
+        c0 = vfma(v, vload(w, at), c0)
+        c1 = vfma(v, vload(w, at + lanes), c1)
+        at += n_gates
+    vstore(acc, m * n_gates + g, c0)
+    vstore(acc, m * n_gates + g + lanes, c1)
+
+
+@njit(**_ACT)
+def _tile_1x1(rows, m, w, bias, z, g, acc):
+    n_rows, n_gates = w.shape[1], w.shape[2]
+    at = z * n_rows * n_gates + g
+    c0 = vload(bias, z * n_gates + g)
+    for r in range(n_rows):
+        c0 = vfma(vsplat(rows[m, r]), vload(w, at), c0)
+        at += n_gates
+    vstore(acc, m * n_gates + g, c0)
 
 
 @njit(**_OPTS)
@@ -413,7 +459,10 @@ def _roll_buffers(pairs, x, n, inplace, ring):
 def _scratch(n_rows, n_gates, d, n, group, dtype_of):
     rows = np.empty((group, n_rows), dtype_of.dtype)
     c_prev = np.empty((group, d, n), dtype_of.dtype)
-    acc = np.empty((group, n_gates), dtype_of.dtype)
+    # acc is written a vector at a time: start it on a cache line.
+    buf = np.empty(group * n_gates + 64 // dtype_of.itemsize, dtype_of.dtype)
+    skip = (-buf.ctypes.data % 64) // dtype_of.itemsize
+    acc = buf[skip:skip + group * n_gates].reshape((group, n_gates))
     h_new = np.empty(n, dtype_of.dtype)
     c_new = np.empty(n, dtype_of.dtype)
     return rows, c_prev, acc, h_new, c_new
