@@ -364,7 +364,9 @@ def forward(x, weights, bias, *, variant="slstm", directions=None, sizes=None,
     sizes, ragged = _check_sizes(sizes, batch, spatial)
     out_shape = (batch,) + spatial + (z * n,)
     if out is not None:
-        _check_buffer(out, "out", out_shape, x.dtype, [("x", x), ("weights", w), ("bias", b)])
+        # The caller's parameters, not w and b: those may be aligned copies.
+        _check_buffer(out, "out", out_shape, x.dtype,
+                      [("x", x), ("weights", weights), ("bias", bias)])
     threads = _threads()  # ~2 us a query: once per call
     chosen, driver = _resolve_backend(backend, (batch, spatial, channels, n, z),
                                       threads=threads)
@@ -372,10 +374,13 @@ def forward(x, weights, bias, *, variant="slstm", directions=None, sizes=None,
     # What this call allocates: h (unless out is given), c if asked for, and
     # the kernels' state (rolling planes; whole padded states for python).
     item = x.dtype.itemsize
-    if chosen == "numba":  # h and c of two planes per (sample, direction) in flight
-        plane = math.prod(((1,) * (3 - d) + spatial)[:2])
-        in_flight = batch * z if driver == "wavefront" else min(batch * z, threads)
-        state = 4 * plane * n * item * in_flight
+    if chosen == "numba":  # rolling h and c per (sample, direction) in flight
+        s0, s1, s2 = (1,) * (3 - d) + spatial
+        if driver == "wavefront":  # two planes of every pair
+            state = 2 * 2 * s0 * s1 * n * item * batch * z
+        else:  # a ring of rows (see _kernels._ring_rows) per thread
+            rows = min(s0 * s1, (s1 if s0 > 1 else 1) + _kernels.DEFAULT_GROUP)
+            state = 2 * rows * s2 * n * item * min(batch * z, threads)
     else:  # padded h and c of the whole batch for one direction, and a copy of x
         state = 2 * batch * math.prod(s + 1 for s in spatial) * n * item + x.nbytes
     _check_memory((out is None) * out_bytes + return_cell * out_bytes + state,
@@ -434,7 +439,7 @@ def forward_inplace(x, weights, bias, h, c, *, variant="slstm", backend="auto"):
         raise ValueError(f"weights must hold one direction for forward_inplace, "
                          f"got Z={w.shape[0]}")
     state_shape = (batch,) + tuple(s + 1 for s in spatial) + (n,)
-    params = [("weights", w), ("bias", b)]
+    params = [("weights", weights), ("bias", bias)]  # the caller's, not copies
     _check_buffer(h, "h", state_shape, x.dtype, [("x", x)] + params)
     _check_buffer(c, "c", state_shape, x.dtype, [("x", x), ("h", h)] + params)
     chosen, driver = _resolve_backend(backend, (batch, spatial, channels, n, 1))

@@ -40,7 +40,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ._simd import VEC_BYTES, vfma, vload, vsplat, vstore
+from ._lowlevel import VEC_BYTES, borrow, keep_alive, vfma, vload, vsplat, vstore
 
 # error_model="numpy": a float division must not carry a zero-division branch,
 # which would stop the activation loops from vectorising.
@@ -443,29 +443,34 @@ def _ring_rows(x, group):
 
 @njit(**_OPTS)
 def _roll_buffers(pairs, x, n, inplace, ring):
-    """h and c of the recent cells of each (sample, direction), (pairs, P, Q, N)
-    in _roll_pos's layout; empty in the inplace layout, whose states live in
-    the caller's tensors."""
+    """h ([0]) and c ([1]) of the recent cells of each (sample, direction),
+    (2, pairs, P, Q, N) in _roll_pos's layout; empty in the inplace layout,
+    whose states live in the caller's tensors."""
     if inplace:
-        shape = (pairs, 0, 0, n)
-    elif ring == 0:
-        shape = (pairs, 2, x.shape[1] * x.shape[2], n)
-    else:
-        shape = (pairs, ring, x.shape[3], n)
-    return np.empty(shape, x.dtype), np.empty(shape, x.dtype)
+        return np.empty((2, pairs, 0, 0, n), x.dtype)
+    if ring == 0:
+        return np.empty((2, pairs, 2, x.shape[1] * x.shape[2], n), x.dtype)
+    return np.empty((2, pairs, ring, x.shape[3], n), x.dtype)
 
 
 @njit(**_OPTS)
-def _scratch(n_rows, n_gates, d, n, group, dtype_of):
-    rows = np.empty((group, n_rows), dtype_of.dtype)
-    c_prev = np.empty((group, d, n), dtype_of.dtype)
-    # acc is written a vector at a time: start it on a cache line.
-    buf = np.empty(group * n_gates + 64 // dtype_of.itemsize, dtype_of.dtype)
-    skip = (-buf.ctypes.data % 64) // dtype_of.itemsize
-    acc = buf[skip:skip + group * n_gates].reshape((group, n_gates))
-    h_new = np.empty(n, dtype_of.dtype)
-    c_new = np.empty(n, dtype_of.dtype)
-    return rows, c_prev, acc, h_new, c_new
+def _scratch_size(n_rows, n_gates, d, n, group, itemsize):
+    """Elements of one scratch buffer for _scratch."""
+    return group * (n_rows + d * n + n_gates) + 2 * n + 64 // itemsize
+
+
+@njit(**_OPTS)
+def _scratch(buf, n_rows, n_gates, d, n, group):
+    """rows, c_prev, acc, h_new, c_new carved out of buf (_scratch_size
+    elements); acc, written a vector at a time, starts on a cache line."""
+    skip = (-buf.ctypes.data % 64) // buf.itemsize
+    at = skip + group * n_gates
+    acc = buf[skip:at].reshape((group, n_gates))
+    rows = buf[at:at + group * n_rows].reshape((group, n_rows))
+    at += group * n_rows
+    c_prev = buf[at:at + group * d * n].reshape((group, d, n))
+    at += group * d * n
+    return rows, c_prev, acc, buf[at:at + n], buf[at + n:at + 2 * n]
 
 
 # --- drivers -------------------------------------------------------------------
@@ -490,8 +495,12 @@ def _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
     z = bz % z_count
     s0, s1, s2 = _extents(sizes, b, d)
     ring = _ring_rows(x, group)
-    roll_h, roll_c = _roll_buffers(1, x, n, inplace, ring)
-    rows, c_prev, acc, h_new, c_new = _scratch(n_rows, n_gates, d, n, group, x)
+    roll_owner = _roll_buffers(1, x, n, inplace, ring)
+    scratch_owner = np.empty(_scratch_size(n_rows, n_gates, d, n, group, x.itemsize), x.dtype)
+    roll = borrow(roll_owner)
+    roll_h, roll_c = roll[0], roll[1]
+    rows, c_prev, acc, h_new, c_new = _scratch(borrow(scratch_owner), n_rows, n_gates, d, n,
+                                               group)
     for a in range(s0):
         for strip in range(0, s1, group):
             last = min(strip + group, s1) - 1
@@ -500,12 +509,23 @@ def _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
                 _group(b, z, a + u, a, i0, min(last, u) + 1 - i0, x, w, bias, d, n,
                        variant, sizes, signs, inplace, h_state, c_state, 0, ring,
                        roll_h, roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
+    keep_alive(roll_owner)
+    keep_alive(scratch_owner)
+
+
+@njit(**_OPTS)
+def _borrow_args(x, w, bias, sizes, signs, h_state, c_state, out, cell_out):
+    """Borrowed views of a driver's arrays, which its caller keeps alive."""
+    return (borrow(x), borrow(w), borrow(bias), borrow(sizes), borrow(signs),
+            borrow(h_state), borrow(c_state), borrow(out), borrow(cell_out))
 
 
 @njit(**_OPTS)
 def scan_serial(x, w, bias, d, variant, sizes, signs, inplace,
                 h_state, c_state, out, cell_out, group, threads):
     """One thread: samples and directions one after the other."""
+    x, w, bias, sizes, signs, h_state, c_state, out, cell_out = _borrow_args(
+        x, w, bias, sizes, signs, h_state, c_state, out, cell_out)
     for bz in range(x.shape[0] * w.shape[0]):
         _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
                      h_state, c_state, out, cell_out, group)
@@ -515,6 +535,8 @@ def scan_serial(x, w, bias, d, variant, sizes, signs, inplace,
 def scan_batch_parallel(x, w, bias, d, variant, sizes, signs, inplace,
                         h_state, c_state, out, cell_out, group, threads):
     """One parallel region: threads share out the (sample, direction) pairs."""
+    x, w, bias, sizes, signs, h_state, c_state, out, cell_out = _borrow_args(
+        x, w, bias, sizes, signs, h_state, c_state, out, cell_out)
     for bz in prange(x.shape[0] * w.shape[0]):
         _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
                      h_state, c_state, out, cell_out, group)
@@ -530,15 +552,22 @@ def scan_wavefront(x, w, bias, d, variant, sizes, signs, inplace,
     groups evenly; splitting a fixed index range instead would hand all the
     work of the first planes (low i only) to one thread.
     """
+    x, w, bias, sizes, signs, h_state, c_state, out, cell_out = _borrow_args(
+        x, w, bias, sizes, signs, h_state, c_state, out, cell_out)
     z_count, n_rows, n_gates = w.shape
     n = n_gates // (3 + d)
     pairs = x.shape[0] * z_count
-    roll_h, roll_c = _roll_buffers(pairs, x, n, inplace, 0)
+    roll_owner = _roll_buffers(pairs, x, n, inplace, 0)
+    roll = borrow(roll_owner)
+    roll_h, roll_c = roll[0], roll[1]
     planes = 0
     for b in range(x.shape[0]):
         s0, s1, s2 = _extents(sizes, b, d)
         planes = max(planes, s0 + s1 + s2 - 2)
-    work = np.empty((pairs * x.shape[1] * ((x.shape[2] + group - 1) // group), 4), np.int64)
+    work_owner = np.empty((pairs * x.shape[1] * ((x.shape[2] + group - 1) // group), 4),
+                          np.int64)
+    work = borrow(work_owner)
+    scratch_size = _scratch_size(n_rows, n_gates, d, n, group, x.itemsize)
     for t in range(planes):
         count = 0
         for bz in range(pairs):
@@ -558,7 +587,9 @@ def scan_wavefront(x, w, bias, d, variant, sizes, signs, inplace,
         # chunk, not per group (a plane of a 256x256 image has 32 groups).
         chunks = min(count, threads)
         for chunk in prange(chunks):
-            rows, c_prev, acc, h_new, c_new = _scratch(n_rows, n_gates, d, n, group, x)
+            scratch_owner = np.empty(scratch_size, x.dtype)
+            rows, c_prev, acc, h_new, c_new = _scratch(borrow(scratch_owner), n_rows, n_gates,
+                                                       d, n, group)
             for item in range(chunk * count // chunks, (chunk + 1) * count // chunks):
                 bz = work[item, 0]
                 b = bz // z_count
@@ -566,6 +597,9 @@ def scan_wavefront(x, w, bias, d, variant, sizes, signs, inplace,
                 _group(b, z, t, work[item, 1], work[item, 2], work[item, 3], x, w, bias,
                        d, n, variant, sizes, signs, inplace, h_state, c_state, bz, 0,
                        roll_h, roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
+            keep_alive(scratch_owner)
+    keep_alive(work_owner)
+    keep_alive(roll_owner)
 
 
 DRIVERS = {

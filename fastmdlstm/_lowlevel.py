@@ -1,6 +1,9 @@
-"""Explicit SIMD vectors for Numba code: a value type holding one machine
-vector of float32 or float64, and the four operations the pre-activation GEMM
-needs (load, store, broadcast, fused multiply-add).
+"""Low-level helpers for the kernels: explicit SIMD vectors and borrowed
+array views.
+
+SIMD: a Numba value type holding one machine vector of float32 or float64, and
+the four operations the pre-activation GEMM needs (load, store, broadcast,
+fused multiply-add).
 
 Why: LLVM's auto-vectoriser keeps GEMM accumulators in memory (it cannot prove
 that Numba's array arguments do not alias), so every multiply-add also loads
@@ -13,6 +16,14 @@ has AVX-512F, else 32 (ymm). The kernels' register tiles are sized in
 vectors, so they fit the 32 registers of AVX-512 and the 16 of AVX2 alike.
 The width changes speed only: each lane runs the same correctly rounded fma
 in the same order, so results are identical for any width.
+
+Borrowed views: Numba counts references to every array it passes or copies,
+with an atomic instruction on the array's allocation record. In the cell loops
+that was a quarter of the run time, and with two threads both cores bounced
+the records of the shared arrays (x, weights, out) between their caches.
+borrow(a) is a view of a without an allocation record, so reference counting
+skips it; it must not outlive a, which its caller keeps alive (an argument of
+the caller, or a variable used after the loop, see keep_alive).
 
 Under NUMBA_DISABLE_JIT=1 (the coverage run, which exercises the kernels'
 Python logic) the same names are plain NumPy functions; their fma rounds twice.
@@ -127,6 +138,32 @@ def vfma(typingctx, a, b, c):
     return c(a, b, c), codegen
 
 
+@intrinsic
+def borrow(typingctx, arr):
+    """arr without its allocation record (see the module docstring)."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        view = context.make_array(sig.args[0])(context, builder, args[0])
+        view.meminfo = cgutils.get_null_value(view.meminfo.type)
+        view.parent = cgutils.get_null_value(view.parent.type)
+        return view._getvalue()
+
+    return arr(arr), codegen
+
+
+@intrinsic
+def keep_alive(typingctx, arr):
+    """A use of arr that does nothing: Numba frees an array after its last use,
+    so an owner whose borrowed views are still in use is passed here after them."""
+
+    def codegen(context, builder, sig, args):
+        return context.get_dummy_value()
+
+    return types.void(arr), codegen
+
+
 if numba.config.DISABLE_JIT:  # plain-Python stand-ins (see the module docstring)
     def vload(arr, index):  # noqa: F811
         lanes = VEC_BYTES // arr.itemsize
@@ -140,3 +177,9 @@ if numba.config.DISABLE_JIT:  # plain-Python stand-ins (see the module docstring
 
     def vfma(a, b, c):  # noqa: F811
         return a * b + c
+
+    def borrow(arr):  # noqa: F811
+        return arr
+
+    def keep_alive(arr):  # noqa: F811
+        return None
