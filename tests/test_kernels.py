@@ -137,3 +137,28 @@ def test_package_works_without_numba(tmp_path):
     w, b = fastmdlstm.init_params(2, 3, dtype=np.float64, seed=1)
     np.testing.assert_allclose(np.load(out), fastmdlstm.forward(x, w, b, backend="numba"),
                                atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_tiles_agree_bitwise_whatever_the_cell_count(dtype):
+    """The pre-activation GEMM takes 8x2, 4x2, 1x2 and 1x1 vector tiles and a
+    scalar tail depending on the cell count and the gate count; every path must
+    give each cell the same bits (bias, then one fma per row in row order)."""
+    rng = np.random.default_rng(23)
+    n_rows, n_gates = 37, 5 * 19  # 95 gates: vector pairs, a single vector, a scalar tail
+    w = rng.standard_normal((2, n_rows, n_gates)).astype(dtype)
+    bias = rng.standard_normal((2, n_gates)).astype(dtype)
+    rows = rng.standard_normal((16, n_rows)).astype(dtype)
+    alone = np.empty((16, n_gates), dtype)
+    for m in range(16):  # each cell through the one-cell paths
+        one = np.empty((1, n_gates), dtype)
+        _kernels._preactivation(rows[m:m + 1], w, bias, 1, one, 1)
+        alone[m] = one[0]
+    want = bias[1] + rows.astype(np.float64) @ w[1].astype(np.float64)
+    np.testing.assert_allclose(alone, want, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-5 if dtype == np.float32 else 1e-12)
+    for m_cnt in (2, 3, 4, 5, 7, 8, 9, 12, 13, 16):
+        acc = np.full((16, n_gates), np.nan, dtype)
+        _kernels._preactivation(rows, w, bias, 1, acc, m_cnt)
+        np.testing.assert_array_equal(acc[:m_cnt], alone[:m_cnt])
+        assert np.isnan(acc[m_cnt:]).all()  # nothing written past the cells asked for
