@@ -132,14 +132,16 @@ def _check_params(weights, bias, d, channels, dtype):
         raise ValueError(f"bias must have shape ({z}, {gates}) to match weights "
                          f"{weights.shape}, got {bias.shape}")
     # Parameters are small: a C-contiguous, 64-byte aligned copy in x's dtype is cheap.
-    return _aligned(weights, dtype), _aligned(bias, dtype), n
+    return _aligned(weights, dtype), np.ascontiguousarray(bias, dtype=dtype), n
 
 
 def _aligned(a, dtype):
     """a as a C-contiguous array of dtype starting on a 64-byte boundary (a
     itself when it is one): the kernels load weights a cache line at a time,
-    and a line-crossing load costs two."""
-    if a.dtype == dtype and a.flags.c_contiguous and a.ctypes.data % 64 == 0:
+    and a line-crossing load costs two. Small arrays are not worth a copy
+    (nor the ~1 us that reading an address costs)."""
+    if a.dtype == dtype and a.flags.c_contiguous and (
+            a.nbytes < 16384 or a.ctypes.data % 64 == 0):
         return a
     buf = np.empty(a.size + 64 // dtype.itemsize, dtype)
     skip = (-buf.ctypes.data % 64) // dtype.itemsize
