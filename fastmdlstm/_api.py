@@ -378,10 +378,14 @@ def forward(x, weights, bias, *, variant="slstm", directions=None, sizes=None,
     item = x.dtype.itemsize
     if chosen == "numba":  # rolling h and c per (sample, direction) in flight
         s0, s1, s2 = (1,) * (3 - d) + spatial
-        if driver == "wavefront":  # two planes of every pair
+        group = _kernels.DEFAULT_GROUP
+        if driver == "wavefront" and s0 > 1:  # two planes of every pair
             state = 2 * 2 * s0 * s1 * n * item * batch * z
+        elif driver == "wavefront":  # a ring of rows of every pair (_wavefront_tiles)
+            blocks = _kernels.tile_blocks(s2, group, threads)
+            state = 2 * min(s1, (blocks + 1) * group) * s2 * n * item * batch * z
         else:  # a ring of rows (see _kernels._ring_rows) per thread
-            rows = min(s0 * s1, (s1 if s0 > 1 else 1) + _kernels.DEFAULT_GROUP)
+            rows = min(s0 * s1, (s1 if s0 > 1 else 1) + group)
             state = 2 * rows * s2 * n * item * min(batch * z, threads)
     else:  # padded h and c of the whole batch for one direction, and a copy of x
         state = 2 * batch * math.prod(s + 1 for s in spatial) * n * item + x.nbytes

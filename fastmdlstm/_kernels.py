@@ -567,14 +567,26 @@ def _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
                                                group)
     for a in range(s0):
         for strip in range(0, s1, group):
-            last = min(strip + group, s1) - 1
-            for u in range(strip, last + s2):
-                i0 = max(strip, u - (s2 - 1))
-                _group(b, z, a + u, a, i0, min(last, u) + 1 - i0, x, w, bias, d, n,
-                       variant, sizes, signs, inplace, h_state, c_state, 0, ring,
+            _scan_tile(b, z, a, strip, min(strip + group, s1) - 1, 0, s2 - 1, x, w, bias, d,
+                       n, variant, sizes, signs, inplace, h_state, c_state, 0, ring,
                        roll_h, roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
     keep_alive(roll_owner)
     keep_alive(scratch_owner)
+
+
+@njit(**_OPTS)
+def _scan_tile(b, z, a, i_first, i_last, j_first, j_last, x, w, bias, d, n, variant, sizes,
+               signs, inplace, h_state, c_state, slot, ring, roll_h, roll_c, out, cell_out,
+               rows, c_prev, acc, h_new, c_new):
+    """Rows i_first..i_last x columns j_first..j_last of slice a, swept along
+    their anti-diagonals (one group of cells per step). The cells above and to
+    the left of the tile must be done."""
+    width = j_last - j_first
+    for u in range(i_last - i_first + width + 1):
+        i0 = max(i_first, i_first + u - width)
+        _group(b, z, a + i_first + j_first + u, a, i0, min(i_last, i_first + u) + 1 - i0,
+               x, w, bias, d, n, variant, sizes, signs, inplace, h_state, c_state, slot, ring,
+               roll_h, roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
 
 
 @njit(**_OPTS)
@@ -606,18 +618,99 @@ def scan_batch_parallel(x, w, bias, d, variant, sizes, signs, inplace,
                      h_state, c_state, out, cell_out, group)
 
 
-@njit(parallel=True, **_OPTS)
+@njit(**_OPTS)
 def scan_wavefront(x, w, bias, d, variant, sizes, signs, inplace,
                    h_state, c_state, out, cell_out, group, threads):
+    """Parallelism inside the scans, for fewer (sample, direction) pairs than
+    threads: 1-D and 2-D scans by tiles (_wavefront_tiles), 3-D scans by
+    planes (_wavefront_planes)."""
+    x, w, bias, sizes, signs, h_state, c_state, out, cell_out = _borrow_args(
+        x, w, bias, sizes, signs, h_state, c_state, out, cell_out)
+    if x.shape[1] == 1:
+        _wavefront_tiles(x, w, bias, d, variant, sizes, signs, inplace,
+                         h_state, c_state, out, cell_out, group, threads)
+    else:
+        _wavefront_planes(x, w, bias, d, variant, sizes, signs, inplace,
+                          h_state, c_state, out, cell_out, group, threads)
+
+
+@njit(parallel=True, **_OPTS)
+def _wavefront_tiles(x, w, bias, d, variant, sizes, signs, inplace,
+                     h_state, c_state, out, cell_out, group, threads):
+    """Tiles of `group` rows x `width` columns; tile (I, J) needs (I-1, J) and
+    (I, J-1), so the tiles on a diagonal I + J = D are independent: one
+    parallel region per tile diagonal, threads share out its tiles, each swept
+    in strip order (_scan_tile). Versus a region per anti-diagonal of cells:
+    ~35 regions instead of ~511 on a 256x256 image, and the strip order's
+    sequential memory streams.
+
+    States: a ring of rows per pair (_roll_pos). A diagonal holds tiles of
+    at most `blocks` consecutive strips; with (blocks + 1) * group rows, their
+    rows and the row above them all have slots of their own.
+    """
+    z_count, n_rows, n_gates = w.shape
+    n = n_gates // (3 + d)
+    pairs = x.shape[0] * z_count
+    s1_all, s2_all = x.shape[2], x.shape[3]
+    blocks = _tile_blocks(s2_all, group, threads)
+    width = (s2_all + blocks - 1) // blocks
+    ring = min(s1_all, (blocks + 1) * group)
+    roll_owner = _roll_buffers(pairs, x, n, inplace, ring)
+    roll = borrow(roll_owner)
+    roll_h, roll_c = roll[0], roll[1]
+    strips_all = (s1_all + group - 1) // group
+    work_owner = np.empty((pairs * min(strips_all, blocks), 3), np.int64)
+    work = borrow(work_owner)
+    scratch_size = _scratch_size(n_rows, n_gates, d, n, group, x.itemsize)
+    for diagonal in range(strips_all + blocks - 1):
+        count = 0
+        for bz in range(pairs):
+            s0, s1, s2 = _extents(sizes, bz // z_count, d)
+            strips, row_blocks = (s1 + group - 1) // group, (s2 + width - 1) // width
+            for strip in range(max(0, diagonal - row_blocks + 1), min(strips - 1, diagonal) + 1):
+                work[count, 0] = bz
+                work[count, 1] = strip
+                work[count, 2] = diagonal - strip
+                count += 1
+        chunks = min(count, threads)
+        for chunk in prange(chunks):
+            scratch_owner = np.empty(scratch_size, x.dtype)
+            rows, c_prev, acc, h_new, c_new = _scratch(borrow(scratch_owner), n_rows, n_gates,
+                                                       d, n, group)
+            for item in range(chunk * count // chunks, (chunk + 1) * count // chunks):
+                bz = work[item, 0]
+                b = bz // z_count
+                s0, s1, s2 = _extents(sizes, b, d)
+                i_first, j_first = work[item, 1] * group, work[item, 2] * width
+                _scan_tile(b, bz % z_count, 0, i_first, min(i_first + group, s1) - 1,
+                           j_first, min(j_first + width, s2) - 1, x, w, bias, d, n, variant,
+                           sizes, signs, inplace, h_state, c_state, bz, ring, roll_h, roll_c,
+                           out, cell_out, rows, c_prev, acc, h_new, c_new)
+            keep_alive(scratch_owner)
+    keep_alive(work_owner)
+    keep_alive(roll_owner)
+
+
+def tile_blocks(s2_all, group, threads):
+    """Column blocks of the tiled wavefront: 2 per thread, so that most tile
+    diagonals hold several tiles per thread, but no narrower than 4 groups
+    (a tile's first and last `group` - 1 steps hold partial groups)."""
+    return max(1, min(2 * threads, s2_all // (4 * group)))
+
+
+_tile_blocks = njit(**_OPTS)(tile_blocks)  # tile_blocks: also the API's memory estimate
+
+
+@njit(parallel=True, **_OPTS)
+def _wavefront_planes(x, w, bias, d, variant, sizes, signs, inplace,
+                      h_state, c_state, out, cell_out, group, threads):
     """One parallel region per plane: threads share out the groups of cells of
-    plane t over all (sample, direction) pairs (for small batches).
+    plane t over all (sample, direction) pairs.
 
     Each plane's groups are listed first, so the static schedule splits equal
     groups evenly; splitting a fixed index range instead would hand all the
     work of the first planes (low i only) to one thread.
     """
-    x, w, bias, sizes, signs, h_state, c_state, out, cell_out = _borrow_args(
-        x, w, bias, sizes, signs, h_state, c_state, out, cell_out)
     z_count, n_rows, n_gates = w.shape
     n = n_gates // (3 + d)
     pairs = x.shape[0] * z_count
