@@ -382,7 +382,7 @@ def forward(x, weights, bias, *, variant="slstm", directions=None, sizes=None,
         if driver == "wavefront" and s0 > 1:  # two planes of every pair
             state = 2 * 2 * s0 * s1 * n * item * batch * z
         elif driver == "wavefront":  # a ring of rows of every pair (_wavefront_tiles)
-            blocks = _kernels.tile_blocks(s2, group, threads)
+            blocks = _dispatch.tile_blocks(s2, group, threads)
             state = 2 * min(s1, (blocks + 1) * group) * s2 * n * item * batch * z
         else:  # a ring of rows (see _kernels._ring_rows) per thread
             rows = min(s0 * s1, (s1 if s0 > 1 else 1) + group)

@@ -1,28 +1,35 @@
 """Backend choice for backend="auto", from measured crossovers.
 
 The thresholds below come from bench/crossover.py on the project's reference
-machine (2-core AMD EPYC, AVX2, Numba's omp threading layer); its command and
-output are recorded in bench/CROSSOVER.md. Re-run it on a new machine kind
-and update the numbers here, not by guessing.
+machine (2-core AMD EPYC, Zen 5 with AVX-512, Numba's omp threading layer);
+its command and output are recorded in bench/CROSSOVER.md. Re-run it on a new
+machine kind and update the numbers here, not by guessing.
 """
 
 from typing import NamedTuple
 
+GROUP = 8  # cells per weight pass and rows per strip (the kernels' DEFAULT_GROUP)
+
 # Numbers quoted below: bench/CROSSOVER.md (python bench/crossover.py), medians in ms.
 # Below this many multiply-adds per call the kernel runs on one thread: opening a
 # parallel region and waking the other threads costs more than it saves:
-# 2 x 2x2 N=4 (1.4k): serial 0.025, batch 0.030; 2 x 8x8 N=8 (87k): 0.047 vs 0.043;
-# 4 x 8x8 N=8 (174k): 0.081 vs 0.052.
-PARALLEL_MIN_MACS = 100_000
-# With fewer (sample, direction) pairs than threads, the cells of each plane are
-# shared out (one region per plane) once a problem has this many multiply-adds.
-# One pair: 8x16x16 N=16 (11M) serial 1.705 vs wavefront 1.082; 32x32 N=32 (13M)
-# 1.309 vs 1.355 (even); 48x48 N=32 (29M) 3.006 vs 2.261; 64x64 N=64 (189M) 13.0 vs 7.4.
+# 2 x 2x2 N=4 (1.4k): serial 0.008, batch 0.009; 2 x 4x4 N=8 (22k): 0.014 vs 0.012;
+# 2 x 8x8 N=8 (87k): 0.031 vs 0.020.
+PARALLEL_MIN_MACS = 10_000
+# With fewer (sample, direction) pairs than threads, the work inside each scan
+# is shared out (tiles on a diagonal; planes in 3-D) once a problem has this
+# many multiply-adds. One pair: 32x32 N=32 (13M) serial 0.290 vs wavefront
+# 0.278 (a 32-wide image makes one column block: no parallelism, no loss);
+# 64x64 N=32 (52M) 1.036 vs 0.600; 8x16x16 N=16 (11M) 0.402 vs 0.294.
 WAVEFRONT_MIN_MACS = 10_000_000
+# ... and, for 2-D scans, once the image is wide enough for two column blocks
+# of tiles (tile_blocks): with one block the tiled wavefront is a serial scan
+# plus ~7% of overhead (48x48 N=32: 0.576 vs 0.617). Never for 1-D scans.
 # With at least one pair per thread, threads take whole scans in one region:
-# 2 x 32x32 N=32: batch 1.407 vs wavefront 1.666; 2 x 64x64 N=64: 12.95 vs 14.79.
-# The pure-Python fallback never came within 15x of a numba driver (2 x 2x2 N=4:
-# 0.46 vs 0.025), so "auto" chooses it only when numba cannot be imported.
+# 2 x 64x64 N=64: batch 2.469 vs wavefront 2.670; 4 x 64x64: 4.942 vs 5.365
+# (smaller scans are within 10% either way: 8 x 32x32 N=32 1.152 vs 1.061).
+# The pure-Python fallback never came within 10x of a numba driver (2 x 2x2
+# N=4: 0.12 vs 0.008), so "auto" chooses it only when numba cannot be imported.
 
 
 class Choice(NamedTuple):
@@ -43,6 +50,14 @@ def work(batch, spatial, channels, hidden, directions):
     return pairs * cells * (channels + d * hidden) * (3 + d) * hidden, pairs
 
 
+def tile_blocks(width, group, threads):
+    """Column blocks of the tiled wavefront (_kernels._wavefront_tiles) for an
+    image `width` cells wide: 2 per thread, so that most tile diagonals hold
+    several tiles per thread, but no narrower than 4 groups of cells (a tile's
+    first and last group - 1 steps hold partial groups)."""
+    return max(1, min(2 * threads, width // (4 * group)))
+
+
 def pick(batch, spatial, channels, hidden, directions, threads, have_numba):
     """(backend, driver) of choose(), without building the explanation (hot path)."""
     if not have_numba:
@@ -52,7 +67,9 @@ def pick(batch, spatial, channels, hidden, directions, threads, have_numba):
         return "numba", "serial"
     if pairs >= threads:
         return "numba", "batch"
-    if macs >= WAVEFRONT_MIN_MACS:
+    d = len(spatial)  # a 1-D scan has no parallel work inside
+    if macs >= WAVEFRONT_MIN_MACS and (
+            d == 3 or (d == 2 and tile_blocks(spatial[1], GROUP, threads) > 1)):
         return "numba", "wavefront"
     return "numba", ("batch" if pairs > 1 else "serial")
 
@@ -71,7 +88,7 @@ def choose(batch, spatial, channels, hidden, directions, threads, have_numba):
         "batch": (f"{pairs} (sample, direction) pairs for {threads} threads and {macs} "
                   "multiply-adds: threads take whole scans in one parallel region"),
         "wavefront": (f"{pairs} (sample, direction) pairs < {threads} threads and {macs} "
-                      f"multiply-adds >= {WAVEFRONT_MIN_MACS}: threads share the cells of "
-                      "each anti-diagonal plane"),
+                      f"multiply-adds >= {WAVEFRONT_MIN_MACS}: threads share the tiles of "
+                      "each tile diagonal (the cells of each plane in 3-D)"),
     }
     return Choice(backend, driver, reasons[driver])

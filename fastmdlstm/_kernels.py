@@ -40,6 +40,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from ._dispatch import GROUP, tile_blocks
 from ._lowlevel import VEC_BYTES, borrow, keep_alive, vfma, vload, vsplat, vstore
 
 # error_model="numpy": a float division must not carry a zero-division branch,
@@ -50,7 +51,7 @@ _OPTS = {"cache": True, "nogil": True, "error_model": "numpy"}
 _INLINE = dict(_OPTS, inline="always")
 
 VARIANTS = {"slstm": 0, "graves": 1}
-DEFAULT_GROUP = 8
+DEFAULT_GROUP = GROUP
 
 
 # --- activations -------------------------------------------------------------
@@ -694,14 +695,7 @@ def _wavefront_tiles(x, w, bias, d, variant, sizes, signs, inplace,
     keep_alive(roll_owner)
 
 
-def tile_blocks(s2_all, group, threads):
-    """Column blocks of the tiled wavefront: 2 per thread, so that most tile
-    diagonals hold several tiles per thread, but no narrower than 4 groups
-    (a tile's first and last `group` - 1 steps hold partial groups)."""
-    return max(1, min(2 * threads, s2_all // (4 * group)))
-
-
-_tile_blocks = njit(**_OPTS)(tile_blocks)  # tile_blocks: also the API's memory estimate
+_tile_blocks = njit(**_OPTS)(tile_blocks)  # the dispatcher's rule, compiled
 
 
 @njit(parallel=True, **_OPTS)

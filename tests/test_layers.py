@@ -79,11 +79,16 @@ def test_dispatch_rules():
     def driver(batch, spatial, c, n, z=1, threads=2):
         return _dispatch.choose(batch, spatial, c, n, z, threads, True).driver
     assert driver(1, (8, 8), 1, 8) == "serial"                 # tiny: no parallel region
-    assert driver(2, (4, 4), 1, 8) == "serial"
+    assert driver(2, (2, 2), 1, 4) == "serial"
+    assert driver(2, (4, 4), 1, 8) == "batch"
     assert driver(64, (28, 28), 1, 32) == "batch"              # a pair per thread
     assert driver(2, (64, 64), 16, 64) == "batch"
     assert driver(1, (256, 256), 16, 32) == "wavefront"        # B = 1, large
     assert driver(1, (32, 32), 4, 16) == "serial"              # B = 1, small
+    assert driver(1, (48, 48), 16, 32) == "serial"             # one column block of tiles
+    assert driver(1, (64, 64), 16, 32) == "wavefront"          # two column blocks
+    assert driver(1, (8, 16, 16), 8, 16) == "wavefront"        # 3-D: planes
+    assert driver(1, (1_000_000,), 16, 32) == "serial"         # 1-D: nothing to share
     assert driver(4, (16, 16), 4, 16, threads=16) == "batch"   # 4 pairs on 16 threads
     assert driver(64, (28, 28), 1, 32, threads=1) == "serial"
     assert _dispatch.choose(64, (28, 28), 1, 32, 1, 2, False).backend == "python"
