@@ -374,7 +374,7 @@ def forward(x, weights, bias, *, variant="slstm", directions=None, sizes=None,
                                       threads=threads)
     out_bytes = math.prod(out_shape) * x.dtype.itemsize
     # What this call allocates: h (unless out is given), c if asked for, and
-    # the kernels' state (rolling planes; whole padded states for python).
+    # the kernels' state (rolling rows or planes; whole padded states for python).
     item = x.dtype.itemsize
     if chosen == "numba":  # rolling h and c per (sample, direction) in flight
         s0, s1, s2 = (1,) * (3 - d) + spatial

@@ -57,7 +57,7 @@ def forward(x, weights, bias, *, variant="slstm", directions=None, sizes=None,
 
     Oversubscription: each task's kernel may open numba's own thread pool, so
     the threads in use are (dask worker threads) x (numba threads per task);
-    keep that <= the number of cores, or the kernels' per-plane barriers stall.
+    keep that <= the number of cores, or the wavefront driver's barriers stall.
 
     - Threaded scheduler (the default for dask arrays; one thread per core):
       pass numba_threads=1 (dask's threads then provide the parallelism; the
