@@ -268,22 +268,14 @@ def _tile_8x2(rows, m, w, bias, z, g, lanes, acc):
         w0 = vload(w, at)
         w1 = vload(w, at + lanes)
         at += n_gates
-        v = vsplat(rows[m, r])
-        a0, b0 = vfma(v, w0, a0), vfma(v, w1, b0)
-        v = vsplat(rows[m + 1, r])
-        a1, b1 = vfma(v, w0, a1), vfma(v, w1, b1)
-        v = vsplat(rows[m + 2, r])
-        a2, b2 = vfma(v, w0, a2), vfma(v, w1, b2)
-        v = vsplat(rows[m + 3, r])
-        a3, b3 = vfma(v, w0, a3), vfma(v, w1, b3)
-        v = vsplat(rows[m + 4, r])
-        a4, b4 = vfma(v, w0, a4), vfma(v, w1, b4)
-        v = vsplat(rows[m + 5, r])
-        a5, b5 = vfma(v, w0, a5), vfma(v, w1, b5)
-        v = vsplat(rows[m + 6, r])
-        a6, b6 = vfma(v, w0, a6), vfma(v, w1, b6)
-        v = vsplat(rows[m + 7, r])
-        a7, b7 = vfma(v, w0, a7), vfma(v, w1, b7)
+        a0, b0 = _fma2(rows[m, r], w0, w1, a0, b0)
+        a1, b1 = _fma2(rows[m + 1, r], w0, w1, a1, b1)
+        a2, b2 = _fma2(rows[m + 2, r], w0, w1, a2, b2)
+        a3, b3 = _fma2(rows[m + 3, r], w0, w1, a3, b3)
+        a4, b4 = _fma2(rows[m + 4, r], w0, w1, a4, b4)
+        a5, b5 = _fma2(rows[m + 5, r], w0, w1, a5, b5)
+        a6, b6 = _fma2(rows[m + 6, r], w0, w1, a6, b6)
+        a7, b7 = _fma2(rows[m + 7, r], w0, w1, a7, b7)
     out = m * n_gates + g
     _store2(acc, out, lanes, a0, b0)
     _store2(acc, out + n_gates, lanes, a1, b1)
@@ -293,6 +285,13 @@ def _tile_8x2(rows, m, w, bias, z, g, lanes, acc):
     _store2(acc, out + 5 * n_gates, lanes, a5, b5)
     _store2(acc, out + 6 * n_gates, lanes, a6, b6)
     _store2(acc, out + 7 * n_gates, lanes, a7, b7)
+
+
+@njit(**_ACT)
+def _fma2(x, w0, w1, a, b):
+    """(x * w0 + a, x * w1 + b) for a scalar x: one row's step of one cell."""
+    v = vsplat(x)
+    return vfma(v, w0, a), vfma(v, w1, b)
 
 
 @njit(**_ACT)
@@ -312,18 +311,10 @@ def _tile_4x2(rows, m, w, bias, z, g, lanes, acc):
         w0 = vload(w, at)
         w1 = vload(w, at + lanes)
         at += n_gates
-        v = vsplat(rows[m, r])
-        c00 = vfma(v, w0, c00)
-        c01 = vfma(v, w1, c01)
-        v = vsplat(rows[m + 1, r])
-        c10 = vfma(v, w0, c10)
-        c11 = vfma(v, w1, c11)
-        v = vsplat(rows[m + 2, r])
-        c20 = vfma(v, w0, c20)
-        c21 = vfma(v, w1, c21)
-        v = vsplat(rows[m + 3, r])
-        c30 = vfma(v, w0, c30)
-        c31 = vfma(v, w1, c31)
+        c00, c01 = _fma2(rows[m, r], w0, w1, c00, c01)
+        c10, c11 = _fma2(rows[m + 1, r], w0, w1, c10, c11)
+        c20, c21 = _fma2(rows[m + 2, r], w0, w1, c20, c21)
+        c30, c31 = _fma2(rows[m + 3, r], w0, w1, c30, c31)
     out = m * n_gates + g
     _store2(acc, out, lanes, c00, c01)
     _store2(acc, out + n_gates, lanes, c10, c11)
@@ -338,9 +329,7 @@ def _tile_1x2(rows, m, w, bias, z, g, lanes, acc):
     c0 = vload(bias, z * n_gates + g)
     c1 = vload(bias, z * n_gates + g + lanes)
     for r in range(n_rows):
-        v = vsplat(rows[m, r])
-        c0 = vfma(v, vload(w, at), c0)
-        c1 = vfma(v, vload(w, at + lanes), c1)
+        c0, c1 = _fma2(rows[m, r], vload(w, at), vload(w, at + lanes), c0, c1)
         at += n_gates
     _store2(acc, m * n_gates + g, lanes, c0, c1)
 
@@ -674,7 +663,6 @@ def _wavefront_tiles(x, w, bias, d, variant, sizes, signs, inplace,
     strips_all = (s1_all + group - 1) // group
     work_owner = np.empty((pairs * min(strips_all, blocks), 3), np.int64)
     work = borrow(work_owner)
-    scratch_size = _scratch_size(n_rows, n_gates, d, n, group, x.itemsize)
     for diagonal in range(strips_all + blocks - 1):
         count = 0
         for bz in range(pairs):
@@ -687,19 +675,9 @@ def _wavefront_tiles(x, w, bias, d, variant, sizes, signs, inplace,
                 count += 1
         chunks = min(count, threads)
         for chunk in prange(chunks):
-            scratch_owner = np.empty(scratch_size, x.dtype)
-            rows, c_prev, acc, h_new, c_new = _scratch(borrow(scratch_owner), n_rows, n_gates,
-                                                       d, n, group)
-            for item in range(chunk * count // chunks, (chunk + 1) * count // chunks):
-                bz = work[item, 0]
-                b = bz // z_count
-                s0, s1, s2 = _extents(sizes, b, d)
-                i_first, j_first = work[item, 1] * group, work[item, 2] * width
-                _scan_tile(b, bz % z_count, 0, i_first, min(i_first + group, s1) - 1,
-                           j_first, min(j_first + width, s2) - 1, x, w, bias, d, n, variant,
-                           sizes, signs, inplace, h_state, c_state, bz, ring, roll_h, roll_c,
-                           out, cell_out, rows, c_prev, acc, h_new, c_new)
-            keep_alive(scratch_owner)
+            _wavefront_chunk(chunk, chunks, count, work, 0, width, ring, x, w, bias, d,
+                             variant, sizes, signs, inplace, h_state, c_state, out, cell_out,
+                             group, roll_h, roll_c)
     keep_alive(work_owner)
     keep_alive(roll_owner)
 
@@ -730,7 +708,6 @@ def _wavefront_planes(x, w, bias, d, variant, sizes, signs, inplace,
     work_owner = np.empty((pairs * x.shape[1] * ((x.shape[2] + group - 1) // group), 4),
                           np.int64)
     work = borrow(work_owner)
-    scratch_size = _scratch_size(n_rows, n_gates, d, n, group, x.itemsize)
     for t in range(planes):
         count = 0
         for bz in range(pairs):
@@ -746,23 +723,43 @@ def _wavefront_planes(x, w, bias, d, variant, sizes, signs, inplace,
                     work[count, 2] = i0
                     work[count, 3] = min(group, i_hi + 1 - i0)
                     count += 1
-        # One chunk of consecutive groups per thread: scratch is allocated per
-        # chunk, not per group (a plane of a 256x256 image has 32 groups).
         chunks = min(count, threads)
         for chunk in prange(chunks):
-            scratch_owner = np.empty(scratch_size, x.dtype)
-            rows, c_prev, acc, h_new, c_new = _scratch(borrow(scratch_owner), n_rows, n_gates,
-                                                       d, n, group)
-            for item in range(chunk * count // chunks, (chunk + 1) * count // chunks):
-                bz = work[item, 0]
-                b = bz // z_count
-                z = bz % z_count
-                _group(b, z, t, work[item, 1], work[item, 2], work[item, 3], x, w, bias,
-                       d, n, variant, sizes, signs, inplace, h_state, c_state, bz, 0,
-                       roll_h, roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
-            keep_alive(scratch_owner)
+            _wavefront_chunk(chunk, chunks, count, work, t, 0, 0, x, w, bias, d, variant,
+                             sizes, signs, inplace, h_state, c_state, out, cell_out, group,
+                             roll_h, roll_c)
     keep_alive(work_owner)
     keep_alive(roll_owner)
+
+
+@njit(**_OPTS)
+def _wavefront_chunk(chunk, chunks, count, work, t, width, ring, x, w, bias, d, variant,
+                     sizes, signs, inplace, h_state, c_state, out, cell_out, group,
+                     roll_h, roll_c):
+    """One thread's share of a wavefront step: a run of consecutive items of
+    the work list, tiles (pair, strip, block) when width > 0, else groups
+    (pair, a, i0, cells) of plane t. Scratch is allocated per chunk, not per
+    item."""
+    z_count, n_rows, n_gates = w.shape
+    n = n_gates // (3 + d)
+    scratch_owner = np.empty(_scratch_size(n_rows, n_gates, d, n, group, x.itemsize), x.dtype)
+    rows, c_prev, acc, h_new, c_new = _scratch(borrow(scratch_owner), n_rows, n_gates, d, n,
+                                               group)
+    for item in range(chunk * count // chunks, (chunk + 1) * count // chunks):
+        bz = work[item, 0]
+        b, z = bz // z_count, bz % z_count
+        if width > 0:
+            s0, s1, s2 = _extents(sizes, b, d)
+            i_first, j_first = work[item, 1] * group, work[item, 2] * width
+            _scan_tile(b, z, 0, i_first, min(i_first + group, s1) - 1, j_first,
+                       min(j_first + width, s2) - 1, x, w, bias, d, n, variant, sizes, signs,
+                       inplace, h_state, c_state, bz, ring, roll_h, roll_c, out, cell_out,
+                       rows, c_prev, acc, h_new, c_new)
+        else:
+            _group(b, z, t, work[item, 1], work[item, 2], work[item, 3], x, w, bias, d, n,
+                   variant, sizes, signs, inplace, h_state, c_state, bz, 0, roll_h, roll_c,
+                   out, cell_out, rows, c_prev, acc, h_new, c_new)
+    keep_alive(scratch_owner)
 
 
 DRIVERS = {
