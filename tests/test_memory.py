@@ -1,5 +1,5 @@
-"""Peak resident memory added by a forward: the kernels keep only a rolling
-two-plane state buffer per (sample, direction), never an input projection or a
+"""Peak resident memory added by a forward: the kernels keep only a small ring
+of state rows per (sample, direction) in flight, never an input projection or a
 cell-state tensor of the whole batch."""
 
 import numpy as np
