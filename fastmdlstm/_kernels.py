@@ -398,10 +398,12 @@ def _axis_coord(u, extent, sign):
 
 
 @njit(**_INLINE)
-def _group(b, z, t, a, i0, m_cnt, x, w, bias, d, n, variant, sizes, signs,
+def _group(b, z, t, a, i0, m_cnt, split, shift, x, w, bias, d, n, variant, sizes, signs,
            inplace, h_state, c_state, slot, ring, roll_h, roll_c, out, cell_out,
            rows, c_prev, acc, h_new, c_new):
-    """Cells (a, i, t-a-i) for i in [i0, i0 + m_cnt) of sample b, direction z.
+    """Cells (a, i, j) for i in [i0, i0 + m_cnt) of sample b, direction z, with
+    j = t - a - i, plus `shift` from row `split` on (the rows from `split` on
+    belong to the next strip, which trails behind: see _scan_sample).
 
     inplace: h_state/c_state are the caller's padded tensors; otherwise
     roll_h[slot]/roll_c[slot] hold the recent states of this (b, z), placed by
@@ -420,7 +422,7 @@ def _group(b, z, t, a, i0, m_cnt, x, w, bias, d, n, variant, sizes, signs,
     # Views, never offset indices (see _cell_update); they are borrowed, so free.
     for m in range(m_cnt):
         i = i0 + m
-        j = t - a - i
+        j = t - a - i + (shift if i >= split else 0)
         row = rows[m]
         _copy(x[b, ax, _axis_coord(i, s1, g1), _axis_coord(j, s2, g2)], row[:n_in])
         for k in range(d):
@@ -448,7 +450,7 @@ def _group(b, z, t, a, i0, m_cnt, x, w, bias, d, n, variant, sizes, signs,
     ch = z * n
     for m in range(m_cnt):
         i = i0 + m
-        j = t - a - i
+        j = t - a - i + (shift if i >= split else 0)
         _cell_update(acc[m], c_prev[m], d, n, variant, h_new, c_new)
         if inplace:
             pa, pi, pj = a + o0, i + o1, j + 1
@@ -554,7 +556,16 @@ def _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
                  h_state, c_state, out, cell_out, group):
     """The whole scan of one (sample, direction) in strip order: slice a after
     slice a, strips of `group` rows of i, each swept along its anti-diagonals
-    i + j = u (one group of cells per step)."""
+    (one group of cells per step).
+
+    A strip's first and last group - 1 steps hold fewer cells than it has
+    rows. In 2-D the next strip starts `lag` = S2 steps after the previous
+    one, so its first steps (top rows) share a group with the previous strip's
+    last steps (bottom rows): full groups instead of two ramps. Its row i0
+    needs row i0 - 1 at column j, which the previous strip did at its step
+    group - 1 + j, before this strip's step j + lag. (In 3-D the strips of a
+    slice do not overlap: the ring of rows would not hold both strips and
+    the slice before them.)"""
     z_count, n_rows, n_gates = w.shape
     n = n_gates // (3 + d)
     b = bz // z_count
@@ -567,11 +578,23 @@ def _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
     roll_h, roll_c = roll[0], roll[1]
     rows, c_prev, acc, h_new, c_new = _scratch(borrow(scratch_owner), n_rows, n_gates, d, n,
                                                group)
+    lag = max(s2, group) if s0 == 1 else s2 + group  # >= group + s2 - 1: no overlap
+    strips = (s1 + group - 1) // group
+    steps = (strips - 1) * lag + (s1 - (strips - 1) * group) + s2 - 1
     for a in range(s0):
-        for strip in range(0, s1, group):
-            _scan_tile(b, z, a, strip, min(strip + group, s1) - 1, 0, s2 - 1, x, w, bias, d,
-                       n, variant, sizes, signs, inplace, h_state, c_state, 0, ring,
-                       roll_h, roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
+        for step in range(steps):
+            k = step // lag  # the newest strip begun, at its step u
+            first, u = k * group, step - k * lag
+            i_lo, i_hi = first + max(0, u - (s2 - 1)), min(first + group - 1, s1 - 1, first + u)
+            t, shift = a + first + u, 0
+            u_prev = u + lag  # the strip before, if still going, adds its last rows
+            if k > 0 and u_prev <= group + s2 - 2:
+                i_lo = first - group + u_prev - (s2 - 1)
+                t, shift = a + first - group + u_prev, t - (a + first - group + u_prev)
+            if i_lo <= i_hi:
+                _group(b, z, t, a, i_lo, i_hi + 1 - i_lo, first, shift, x, w, bias, d, n,
+                       variant, sizes, signs, inplace, h_state, c_state, 0, ring, roll_h,
+                       roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
     keep_alive(roll_owner)
     keep_alive(scratch_owner)
 
@@ -587,8 +610,9 @@ def _scan_tile(b, z, a, i_first, i_last, j_first, j_last, x, w, bias, d, n, vari
     for u in range(i_last - i_first + width + 1):
         i0 = max(i_first, i_first + u - width)
         _group(b, z, a + i_first + j_first + u, a, i0, min(i_last, i_first + u) + 1 - i0,
-               x, w, bias, d, n, variant, sizes, signs, inplace, h_state, c_state, slot, ring,
-               roll_h, roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
+               i_last + 1, 0, x, w, bias, d, n, variant, sizes, signs, inplace, h_state,
+               c_state, slot, ring, roll_h, roll_c, out, cell_out, rows, c_prev, acc, h_new,
+               c_new)
 
 
 @njit(**_OPTS)
@@ -756,9 +780,9 @@ def _wavefront_chunk(chunk, chunks, count, work, t, width, ring, x, w, bias, d, 
                        inplace, h_state, c_state, bz, ring, roll_h, roll_c, out, cell_out,
                        rows, c_prev, acc, h_new, c_new)
         else:
-            _group(b, z, t, work[item, 1], work[item, 2], work[item, 3], x, w, bias, d, n,
-                   variant, sizes, signs, inplace, h_state, c_state, bz, 0, roll_h, roll_c,
-                   out, cell_out, rows, c_prev, acc, h_new, c_new)
+            _group(b, z, t, work[item, 1], work[item, 2], work[item, 3], x.shape[2], 0, x, w,
+                   bias, d, n, variant, sizes, signs, inplace, h_state, c_state, bz, 0,
+                   roll_h, roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
     keep_alive(scratch_owner)
 
 
