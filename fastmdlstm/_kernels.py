@@ -46,8 +46,9 @@ from ._lowlevel import VEC_BYTES, borrow, keep_alive, vfma, vload, vsplat, vstor
 # error_model="numpy": a float division must not carry a zero-division branch,
 # which would stop the activation loops from vectorising.
 _OPTS = {"cache": True, "nogil": True, "error_model": "numpy"}
-# Numba-level inlining for the per-group body: a call passes ~30 arguments, 7
-# words per array, and LLVM judged the body too big to inline (~8% on digits).
+# Numba-level inlining for the per-group body and the per-cell update: a call
+# passes 7 words per array, and LLVM judged the bodies too big to inline
+# (~8% and ~3% on digits).
 _INLINE = dict(_OPTS, inline="always")
 
 VARIANTS = {"slstm": 0, "graves": 1}
@@ -351,7 +352,7 @@ def _tile_1x1(rows, m, w, bias, z, g, acc):
     vstore(acc, m * n_gates + g, c0)
 
 
-@njit(**_OPTS)
+@njit(**_INLINE)
 def _cell_update(gates, c_prev, d, n, variant, h, c):
     """Gates from the pre-activations gates ((3+d)N,) and the predecessors'
     cells c_prev (d, N); the new state into h, c (N,).
