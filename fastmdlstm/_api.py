@@ -381,9 +381,8 @@ def forward(x, weights, bias, *, variant="slstm", directions=None, sizes=None,
         group = _kernels.DEFAULT_GROUP
         if driver == "wavefront" and s0 > 1:  # two planes of every pair
             state = 2 * 2 * s0 * s1 * n * item * batch * z
-        elif driver == "wavefront":  # a ring of rows of every pair (_wavefront_tiles)
-            blocks = _dispatch.tile_blocks(s2, group, threads)
-            state = 2 * min(s1, (blocks + 1) * group) * s2 * n * item * batch * z
+        elif driver == "wavefront":  # a row of every pair (_wavefront_tiles)
+            state = 2 * s2 * n * item * batch * z
         else:  # a ring of rows (see _kernels._ring_rows) per thread
             rows = min(s0 * s1, (s1 if s0 > 1 else 1) + group)
             state = 2 * rows * s2 * n * item * min(batch * z, threads)

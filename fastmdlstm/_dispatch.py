@@ -51,11 +51,11 @@ def work(batch, spatial, channels, hidden, directions):
 
 
 def tile_blocks(width, group, threads):
-    """Column blocks of the tiled wavefront (_kernels._wavefront_tiles) for an
-    image `width` cells wide: 2 per thread, so that most tile diagonals hold
-    several tiles per thread, but no narrower than 4 groups of cells (a tile's
-    first and last group - 1 steps hold partial groups)."""
-    return max(1, min(2 * threads, width // (4 * group)))
+    """Blocks of steps per strip in the tiled wavefront (_kernels._wavefront_tiles)
+    for an image `width` cells wide (a strip has width + group - 1 steps): 4
+    per thread, as a tile diagonal holds about half the blocks, but no fewer
+    than 2 groups' worth of steps per block."""
+    return max(1, min(4 * threads, (width + group - 1) // (2 * group)))
 
 
 def pick(batch, spatial, channels, hidden, directions, threads, have_numba):
@@ -69,7 +69,7 @@ def pick(batch, spatial, channels, hidden, directions, threads, have_numba):
         return "numba", "batch"
     d = len(spatial)  # a 1-D scan has no parallel work inside
     if macs >= WAVEFRONT_MIN_MACS and (
-            d == 3 or (d == 2 and tile_blocks(spatial[1], GROUP, threads) > 1)):
+            d == 3 or (d == 2 and tile_blocks(spatial[1], GROUP, threads) > 2)):
         return "numba", "wavefront"
     return "numba", ("batch" if pairs > 1 else "serial")
 

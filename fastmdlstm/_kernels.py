@@ -607,19 +607,16 @@ def _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
 
 
 @njit(**_OPTS)
-def _scan_tile(b, z, a, i_first, i_last, j_first, j_last, x, w, bias, d, n, variant, sizes,
-               signs, inplace, h_state, c_state, slot, ring, roll_h, roll_c, out, cell_out,
-               rows, c_prev, acc, h_new, c_new):
-    """Rows i_first..i_last x columns j_first..j_last of slice a, swept along
-    their anti-diagonals (one group of cells per step). The cells above and to
-    the left of the tile must be done."""
-    width = j_last - j_first
-    for u in range(i_last - i_first + width + 1):
-        i0 = max(i_first, i_first + u - width)
-        _group(b, z, a + i_first + j_first + u, a, i0, min(i_last, i_first + u) + 1 - i0,
-               i_last + 1, 0, x, w, bias, d, n, variant, sizes, signs, inplace, h_state,
-               c_state, slot, ring, roll_h, roll_c, out, cell_out, rows, c_prev, acc, h_new,
-               c_new)
+def _scan_steps(b, z, i_first, i_last, s2, u_first, u_last, x, w, bias, d, n, variant, sizes,
+                signs, inplace, h_state, c_state, slot, ring, roll_h, roll_c, out, cell_out,
+                rows, c_prev, acc, h_new, c_new):
+    """Steps u_first..u_last of the strip of rows i_first..i_last of a 2-D
+    scan s2 columns wide: step u is the anti-diagonal (i - i_first) + j = u."""
+    for u in range(u_first, min(u_last, i_last - i_first + s2 - 1) + 1):
+        i0 = max(i_first, i_first + u - (s2 - 1))
+        _group(b, z, i_first + u, 0, i0, min(i_last, i_first + u) + 1 - i0, i_last + 1, 0,
+               x, w, bias, d, n, variant, sizes, signs, inplace, h_state, c_state, slot, ring,
+               roll_h, roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
 
 
 @njit(**_OPTS)
@@ -670,40 +667,49 @@ def scan_wavefront(x, w, bias, d, variant, sizes, signs, inplace,
 @njit(parallel=True, **_OPTS)
 def _wavefront_tiles(x, w, bias, d, variant, sizes, signs, inplace,
                      h_state, c_state, out, cell_out, group, threads):
-    """Tiles of `group` rows x `width` columns; tile (I, J) needs (I-1, J) and
-    (I, J-1), so the tiles on a diagonal I + J = D are independent: one
-    parallel region per tile diagonal, threads share out its tiles, each swept
-    in strip order (_scan_tile). Versus a region per anti-diagonal of cells:
-    ~35 regions instead of ~511 on a 256x256 image, and the strip order's
-    sequential memory streams.
+    """Tiles: strip I of `group` rows, steps J * width .. (J + 1) * width - 1
+    of its sweep (_scan_steps), so only a strip's first and last steps hold
+    partial groups. Strip I's step u needs strip I-1's step u + group - 1,
+    which lies in block J + 1 at most: tile (I, J) needs (I, J-1) and
+    (I-1, J+1), so the tiles on a diagonal 2I + J = D are independent. One
+    parallel region per tile diagonal (~70 on a 256x256 image, instead of ~511
+    anti-diagonals of cells), threads share out its tiles.
 
-    States: a ring of rows per pair (_roll_pos). A diagonal holds tiles of
-    at most `blocks` consecutive strips; with (blocks + 1) * group rows, their
-    rows and the row above them all have slots of their own.
+    States: one row of slots per pair (a ring of 1 row for _roll_pos): slot
+    j holds the latest cell done in column j. Cell (r, j) reads slots j (the
+    cell above) and j - 1 (the cell to the left); the next cell of column
+    j - 1, (r + 1, j - 1), runs in the same group (gathers come before writes)
+    or, when it opens the next strip, on a later diagonal (its step is group
+    steps earlier in a sweep that starts two diagonals later, and a block
+    spans at least group steps). Tiles on one diagonal are two blocks apart:
+    they touch disjoint columns.
     """
     z_count, n_rows, n_gates = w.shape
     n = n_gates // (3 + d)
     pairs = x.shape[0] * z_count
     s1_all, s2_all = x.shape[2], x.shape[3]
     blocks = _tile_blocks(s2_all, group, threads)
-    width = (s2_all + blocks - 1) // blocks
-    ring = min(s1_all, (blocks + 1) * group)
+    width = (s2_all + group - 1 + blocks - 1) // blocks
+    ring = 1  # one row of slots: see the docstring
     roll_owner = _roll_buffers(pairs, x, n, inplace, ring)
     roll = borrow(roll_owner)
     roll_h, roll_c = roll[0], roll[1]
     strips_all = (s1_all + group - 1) // group
-    work_owner = np.empty((pairs * min(strips_all, blocks), 3), np.int64)
+    work_owner = np.empty((pairs * (blocks // 2 + 1), 3), np.int64)
     work = borrow(work_owner)
-    for diagonal in range(strips_all + blocks - 1):
+    for diagonal in range(2 * (strips_all - 1) + blocks):
         count = 0
         for bz in range(pairs):
             s0, s1, s2 = _extents(sizes, bz // z_count, d)
-            strips, row_blocks = (s1 + group - 1) // group, (s2 + width - 1) // width
-            for strip in range(max(0, diagonal - row_blocks + 1), min(strips - 1, diagonal) + 1):
-                work[count, 0] = bz
-                work[count, 1] = strip
-                work[count, 2] = diagonal - strip
-                count += 1
+            strips = (s1 + group - 1) // group
+            for strip in range(max(0, (diagonal - blocks) // 2),
+                               min(strips - 1, diagonal // 2) + 1):
+                block = diagonal - 2 * strip
+                if block < blocks and block * width < group + s2 - 1:
+                    work[count, 0] = bz
+                    work[count, 1] = strip
+                    work[count, 2] = block
+                    count += 1
         chunks = min(count, threads)
         for chunk in prange(chunks):
             _wavefront_chunk(chunk, chunks, count, work, 0, width, ring, x, w, bias, d,
@@ -781,11 +787,11 @@ def _wavefront_chunk(chunk, chunks, count, work, t, width, ring, x, w, bias, d, 
         b, z = bz // z_count, bz % z_count
         if width > 0:
             s0, s1, s2 = _extents(sizes, b, d)
-            i_first, j_first = work[item, 1] * group, work[item, 2] * width
-            _scan_tile(b, z, 0, i_first, min(i_first + group, s1) - 1, j_first,
-                       min(j_first + width, s2) - 1, x, w, bias, d, n, variant, sizes, signs,
-                       inplace, h_state, c_state, bz, ring, roll_h, roll_c, out, cell_out,
-                       rows, c_prev, acc, h_new, c_new)
+            i_first, u_first = work[item, 1] * group, work[item, 2] * width
+            _scan_steps(b, z, i_first, min(i_first + group, s1) - 1, s2, u_first,
+                        u_first + width - 1, x, w, bias, d, n, variant, sizes, signs,
+                        inplace, h_state, c_state, bz, ring, roll_h, roll_c, out, cell_out,
+                        rows, c_prev, acc, h_new, c_new)
         else:
             _group(b, z, t, work[item, 1], work[item, 2], work[item, 3], x.shape[2], 0, x, w,
                    bias, d, n, variant, sizes, signs, inplace, h_state, c_state, bz, 0,

@@ -226,7 +226,7 @@ def test_one_dimensional_sequences(backend):
 @needs_numba
 @pytest.mark.parametrize("ragged", [False, True])
 def test_tiled_wavefront_matches_serial_scan(ragged, threads):
-    """Images large enough for several tile strips and column blocks of the
+    """Images large enough for several tile strips and blocks of steps of the
     wavefront driver (and a ring of fewer rows than the image), bitwise equal
     to the serial strip scan, and to the reference."""
     from fastmdlstm import _kernels
@@ -234,7 +234,7 @@ def test_tiled_wavefront_matches_serial_scan(ragged, threads):
     sizes = np.array([[41, 70], [30, 37]]) if ragged else np.tile([41, 70], (2, 1))
     signs = _api.parse_directions(("tl", "br"), 2)
     threads(2)
-    assert _kernels._tile_blocks(70, _kernels.DEFAULT_GROUP, 2) == 2
+    assert _kernels._tile_blocks(70, _kernels.DEFAULT_GROUP, 2) == 4
     results = {}
     for driver in ("serial", "wavefront"):
         out = np.zeros((2, 41, 70, 8))

@@ -85,8 +85,8 @@ def test_dispatch_rules():
     assert driver(2, (64, 64), 16, 64) == "batch"
     assert driver(1, (256, 256), 16, 32) == "wavefront"        # B = 1, large
     assert driver(1, (32, 32), 4, 16) == "serial"              # B = 1, small
-    assert driver(1, (48, 48), 16, 32) == "serial"             # one column block of tiles
-    assert driver(1, (64, 64), 16, 32) == "wavefront"          # two column blocks
+    assert driver(1, (40, 40), 16, 32) == "serial"             # 2 blocks: 1 tile a diagonal
+    assert driver(1, (64, 64), 16, 32) == "wavefront"          # 4 blocks
     assert driver(1, (8, 16, 16), 8, 16) == "wavefront"        # 3-D: planes
     assert driver(1, (1_000_000,), 16, 32) == "serial"         # 1-D: nothing to share
     assert driver(4, (16, 16), 4, 16, threads=16) == "batch"   # 4 pairs on 16 threads
