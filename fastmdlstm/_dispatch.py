@@ -13,23 +13,22 @@ GROUP = 8  # cells per weight pass and rows per strip (the kernels' DEFAULT_GROU
 # Numbers quoted below: bench/CROSSOVER.md (python bench/crossover.py), medians in ms.
 # Below this many multiply-adds per call the kernel runs on one thread: opening a
 # parallel region and waking the other threads costs more than it saves:
-# 2 x 2x2 N=4 (1.4k): serial 0.008, batch 0.009; 2 x 4x4 N=8 (22k): 0.014 vs 0.012;
-# 2 x 8x8 N=8 (87k): 0.031 vs 0.020.
+# 2 x 2x2 N=4 (1.4k): serial 0.008, batch 0.009; 2 x 4x4 N=8 (22k): 0.012 vs 0.011;
+# 2 x 8x8 N=8 (87k): 0.025 vs 0.017.
 PARALLEL_MIN_MACS = 10_000
 # With fewer (sample, direction) pairs than threads, the work inside each scan
 # is shared out (tiles on a diagonal; planes in 3-D) once a problem has this
-# many multiply-adds. One pair: 32x32 N=32 (13M) serial 0.290 vs wavefront
-# 0.278 (a 32-wide image makes one column block: no parallelism, no loss);
-# 64x64 N=32 (52M) 1.036 vs 0.600; 8x16x16 N=16 (11M) 0.402 vs 0.294.
+# many multiply-adds: one pair, 48x48 N=32 (29M) serial 0.479 vs wavefront
+# 0.425; 64x64 N=32 (52M) 0.840 vs 0.574; 8x16x16 N=16 (11M) 0.356 vs 0.285.
 WAVEFRONT_MIN_MACS = 10_000_000
-# ... and, for 2-D scans, once the image is wide enough for two column blocks
-# of tiles (tile_blocks): with one block the tiled wavefront is a serial scan
-# plus ~7% of overhead (48x48 N=32: 0.576 vs 0.617). Never for 1-D scans.
+# ... and, for 2-D scans, once a strip's sweep makes at least 3 blocks of steps
+# (tile_blocks), so that tile diagonals hold 2 tiles: with 2 blocks each holds
+# one and the wavefront is a serial scan plus overhead (32x32 N=32: 0.222 vs
+# 0.272). Never for 1-D scans.
 # With at least one pair per thread, threads take whole scans in one region:
-# 2 x 64x64 N=64: batch 2.469 vs wavefront 2.670; 4 x 64x64: 4.942 vs 5.365
-# (smaller scans are within 10% either way: 8 x 32x32 N=32 1.152 vs 1.061).
+# 2 x 64x64 N=64: batch 2.109 vs wavefront 2.383; 8 x 32x32 N=32: 0.884 vs 1.046.
 # The pure-Python fallback never came within 10x of a numba driver (2 x 2x2
-# N=4: 0.12 vs 0.008), so "auto" chooses it only when numba cannot be imported.
+# N=4: 0.13 vs 0.008), so "auto" chooses it only when numba cannot be imported.
 
 
 class Choice(NamedTuple):
