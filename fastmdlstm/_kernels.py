@@ -684,7 +684,7 @@ def _wavefront_tiles(x, w, bias, d, variant, sizes, signs, inplace,
     spans at least group steps). Tiles on one diagonal are two blocks apart:
     they touch disjoint columns.
     """
-    z_count, n_rows, n_gates = w.shape
+    z_count, n_gates = w.shape[0], w.shape[2]
     n = n_gates // (3 + d)
     pairs = x.shape[0] * z_count
     s1_all, s2_all = x.shape[2], x.shape[3]
@@ -732,7 +732,7 @@ def _wavefront_planes(x, w, bias, d, variant, sizes, signs, inplace,
     groups evenly; splitting a fixed index range instead would hand all the
     work of the first planes (low i only) to one thread.
     """
-    z_count, n_rows, n_gates = w.shape
+    z_count, n_gates = w.shape[0], w.shape[2]
     n = n_gates // (3 + d)
     pairs = x.shape[0] * z_count
     roll_owner = _roll_buffers(pairs, x, n, inplace, 0)
