@@ -378,14 +378,12 @@ def forward(x, weights, bias, *, variant="slstm", directions=None, sizes=None,
     item = x.dtype.itemsize
     if chosen == "numba":  # rolling h and c per (sample, direction) in flight
         s0, s1, s2 = (1,) * (3 - d) + spatial
-        group = _kernels.DEFAULT_GROUP
-        if driver == "wavefront" and s0 > 1:  # two planes of every pair
-            state = 2 * 2 * s0 * s1 * n * item * batch * z
-        elif driver == "wavefront":  # a row of every pair (_wavefront_tiles)
-            state = 2 * s2 * n * item * batch * z
-        else:  # a ring of rows (see _kernels._ring_rows) per thread
-            rows = min(s0 * s1, (s1 if s0 > 1 else 1) + group)
-            state = 2 * rows * s2 * n * item * min(batch * z, threads)
+        in_flight = batch * z if driver == "wavefront" else min(batch * z, threads)
+        if driver == "wavefront" and s0 > 1:  # two planes
+            state = 2 * 2 * s0 * s1 * n * item * in_flight
+        else:  # a ring of rows (_dispatch.ring_rows)
+            rows = _dispatch.ring_rows(s0, s1, _kernels.DEFAULT_GROUP)
+            state = 2 * rows * s2 * n * item * in_flight
     else:  # padded h and c of the whole batch for one direction, and a copy of x
         state = 2 * batch * math.prod(s + 1 for s in spatial) * n * item + x.nbytes
     _check_memory((out is None) * out_bytes + return_cell * out_bytes + state,

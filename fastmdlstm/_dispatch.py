@@ -57,6 +57,13 @@ def tile_blocks(width, group, threads):
     return max(1, min(4 * threads, (width + group - 1) // (2 * group)))
 
 
+def ring_rows(s0, s1, group):
+    """Rows of state slots the kernels keep per scan in strip or tile order
+    (_kernels._roll_pos): one row in 1-D/2-D (slot j holds the latest cell of
+    column j), the slice before and a strip in 3-D."""
+    return 1 if s0 == 1 else min(s0 * s1, s1 + group)
+
+
 def pick(batch, spatial, channels, hidden, directions, threads, have_numba):
     """(backend, driver) of choose(), without building the explanation (hot path)."""
     if not have_numba:

@@ -18,8 +18,9 @@ groups:
   column per step, sequential streams the hardware prefetcher follows; whole
   anti-diagonals jump a row per cell and made the writes of `out` miss cache
   (a seventh of the run time on the 64x64 benchmark).
-- planes (wavefront driver): plane t of every scan at once, its groups shared
-  out between threads.
+- tiles (wavefront driver, 1-D/2-D): runs of steps of the strips, the tiles
+  of one tile diagonal shared out between threads; planes (wavefront driver,
+  3-D): plane t of every scan at once, its groups shared out.
 
 Two state layouts share the cell code:
 - "forward": zero boundary states, h written to out[..., z*N:(z+1)*N]; the
@@ -40,7 +41,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ._dispatch import GROUP, tile_blocks
+from ._dispatch import GROUP, ring_rows, tile_blocks
 from ._lowlevel import VEC_BYTES, borrow, keep_alive, vfma, vload, vsplat, vstore
 
 # error_model="numpy": a float division must not carry a zero-division branch,
@@ -500,20 +501,22 @@ def _roll_pos(ring, t, a, i, j, s1_all):
     """Where the states of cell (a, i, j) on plane t live in a rolling buffer.
 
     ring == 0 (plane order): the last two planes, at [t % 2, a * S1 + i].
-    ring > 0 (strip order): the last `ring` rows of cells, at
-    [(a * S1 + i) % ring, j]; a strip of g rows needs its own rows, the row
-    before it and, in 3-D, the slice before it: ring = S1 + g (g + 1 in 2-D).
+    ring > 0 (strip or tile order): the last `ring` rows of cells, at
+    [(a * S1 + i) % ring, j] (ring_rows). In 2-D one row: slot j holds the
+    latest cell of column j. Cell (i, j) reads slots j (the cell above) and
+    j - 1 (the cell to the left), and the next cell of column j - 1,
+    (i + 1, j - 1), must not have overwritten it: within a strip it is in the
+    same group (gathers come before writes); when it opens the next strip, the
+    strip orders run it at the same step or later (_scan_sample's lag >=
+    group) or on a later tile diagonal (_wavefront_tiles). In 3-D the slice
+    before is needed too: S1 + group rows, strips not overlapping.
     """
     if ring == 0:
         return t & 1, a * s1_all + i
     return (a * s1_all + i) % ring, j
 
 
-@njit(**_OPTS)
-def _ring_rows(x, group):
-    """Rows of the strip-order rolling buffer (see _roll_pos)."""
-    s0, s1 = x.shape[1], x.shape[2]
-    return min(s0 * s1, (s1 if s0 > 1 else 1) + group)
+_ring_rows = njit(**_OPTS)(ring_rows)  # the API's memory estimate uses it too
 
 
 @njit(**_OPTS)
@@ -578,7 +581,7 @@ def _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
     b = bz // z_count
     z = bz % z_count
     s0, s1, s2 = _extents(sizes, b, d)
-    ring = _ring_rows(x, group)
+    ring = _ring_rows(x.shape[1], x.shape[2], group)
     roll_owner = _roll_buffers(1, x, n, inplace, ring)
     scratch_owner = np.empty(_scratch_size(n_rows, n_gates, d, n, group, x.itemsize), x.dtype)
     roll = borrow(roll_owner)
@@ -675,14 +678,11 @@ def _wavefront_tiles(x, w, bias, d, variant, sizes, signs, inplace,
     parallel region per tile diagonal (~70 on a 256x256 image, instead of ~511
     anti-diagonals of cells), threads share out its tiles.
 
-    States: one row of slots per pair (a ring of 1 row for _roll_pos): slot
-    j holds the latest cell done in column j. Cell (r, j) reads slots j (the
-    cell above) and j - 1 (the cell to the left); the next cell of column
-    j - 1, (r + 1, j - 1), runs in the same group (gathers come before writes)
-    or, when it opens the next strip, on a later diagonal (its step is group
-    steps earlier in a sweep that starts two diagonals later, and a block
-    spans at least group steps). Tiles on one diagonal are two blocks apart:
-    they touch disjoint columns.
+    States: one row of slots per pair (_roll_pos). A strip's first cell of
+    column j - 1 runs group steps before the previous strip's last one of
+    column j in a sweep that starts two diagonals later, so, a block spanning
+    at least group steps, on a later diagonal. Tiles on one diagonal are two
+    blocks apart: they touch disjoint columns.
     """
     z_count, n_gates = w.shape[0], w.shape[2]
     n = n_gates // (3 + d)
@@ -690,7 +690,7 @@ def _wavefront_tiles(x, w, bias, d, variant, sizes, signs, inplace,
     s1_all, s2_all = x.shape[2], x.shape[3]
     blocks = _tile_blocks(s2_all, group, threads)
     width = (s2_all + group - 1 + blocks - 1) // blocks
-    ring = 1  # one row of slots: see the docstring
+    ring = _ring_rows(1, s1_all, group)
     roll_owner = _roll_buffers(pairs, x, n, inplace, ring)
     roll = borrow(roll_owner)
     roll_h, roll_c = roll[0], roll[1]
