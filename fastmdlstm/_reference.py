@@ -14,11 +14,20 @@ Notation (d spatial axes, N hidden units, C input channels):
 The work is vectorised over the batch only; pixels are visited one by one in
 raster order, which is a valid scan order because every predecessor p - e_k
 comes earlier in it.
+
+The backward pass (scan_padded_backward, backward) visits the cells in reverse
+raster order, so every successor p + e_k has passed its gradient back to p
+before p is reached. It recomputes each cell's gates from x and the stored
+predecessor states, and checks that the recomputed c and h agree with the
+stored ones (h and c must come from the matching forward). Saturation: where
+|c_p| equals the largest finite float, the derivative of c_p with respect to
+its unclipped value is taken as 0.
 """
 
 import numpy as np
 
-__all__ = ["sigmoid", "scan_padded", "forward"]
+__all__ = ["sigmoid", "scan_padded", "forward", "scan_padded_backward", "backward",
+           "MISMATCH_TOL", "mismatch_error"]
 
 
 def sigmoid(x):
@@ -99,3 +108,172 @@ def forward(x, weights, bias, variant, signs, sizes, out, cell_out):
             out[valid + (channels,)] = hz
             if cell_out is not None:
                 cell_out[valid + (channels,)] = cz
+
+
+# Recomputed vs stored states may differ by rounding only (numba's activations
+# vs numpy's: ~1e-6 in float32, ~1e-10 in float64); a wrong h or c differs by far more.
+MISMATCH_TOL = {np.dtype(np.float32): 1e-3, np.dtype(np.float64): 1e-7}
+
+
+def mismatch_error():
+    """The ValueError for h/c that do not come from the matching forward."""
+    return ValueError(
+        "h/c do not come from forward(x, weights, bias, ...) with these arguments: "
+        "recomputing the cells from x, weights, bias and the stored predecessor "
+        "states gives different c or h (pass the h and c that forward(..., "
+        "return_cell=True) or forward_inplace returned for this x, weights, bias, "
+        "variant, directions and sizes)")
+
+
+def _disagree(recomputed, stored, tol):
+    """Whether any entry differs by more than tol * (1 + |stored|) (NaN in
+    both counts as agreeing: a NaN input gives NaN states and gradients)."""
+    close = np.abs(recomputed - stored) <= tol * (1 + np.abs(stored))
+    both_nan = np.isnan(recomputed) & np.isnan(stored)
+    return not np.all(close | both_nan)
+
+
+def scan_padded_backward(x, weights, bias, h, c, grad_h, grad_c, variant):
+    """Backward of scan_padded: gradients of one origin-corner scan.
+
+    x: (B, *S, C); weights (C + d*N, (3+d)*N); bias ((3+d)*N,); h, c:
+    (B, *(S+1), N) padded states as scan_padded left them (boundary states at
+    index 0 along each axis). grad_h: (B, *S, N), the gradient of the loss
+    with respect to the written states h[:, 1:, ..., 1:]; grad_c: the same for
+    c, or None (zero).
+
+    Returns (grad_x (B, *S, C), grad_weights (C + d*N, (3+d)*N),
+    grad_bias ((3+d)*N,), grad_h_state, grad_c_state), the last two of the
+    padded shape (B, *(S+1), N): the gradients with respect to the boundary
+    states (entries with index 0 along some axis; all inner entries are 0).
+
+    Where |c_p| is the largest finite float (saturated), the derivative of c_p
+    with respect to its unclipped value is taken as 0. Raises ValueError
+    (mismatch_error) if the recomputed c or h of a cell differs from the
+    stored one: h and c must come from the forward of these arguments.
+    Only new arrays are written.
+    """
+    d = x.ndim - 2
+    n = h.shape[-1]
+    ch = x.shape[-1]
+    dtype = x.dtype
+    big = np.finfo(dtype).max
+    tol = MISMATCH_TOL[np.dtype(dtype)]
+    w_in = weights[:ch]
+    w_rec = [weights[ch + k * n: ch + (k + 1) * n] for k in range(d)]
+    unit = np.eye(d, dtype=np.intp)
+    inner = (slice(None),) + (slice(1, None),) * d
+    # Gradients w.r.t. every state entry, accumulated as successors are visited.
+    dh_all = np.zeros(h.shape, dtype=dtype)
+    dc_all = np.zeros(c.shape, dtype=dtype)
+    dh_all[inner] = grad_h
+    if grad_c is not None:
+        dc_all[inner] = grad_c
+    grad_x = np.zeros(x.shape, dtype=dtype)
+    grad_w = np.zeros(weights.shape, dtype=dtype)
+    grad_b = np.zeros(bias.shape, dtype=dtype)
+    cells = list(np.ndindex(*x.shape[1:-1]))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for p in reversed(cells):
+            q = tuple(pk + 1 for pk in p)
+            at_q = (slice(None),) + q
+            prev = [(slice(None),) + tuple(np.subtract(q, unit[k])) for k in range(d)]
+            # Recompute the forward of this cell from the stored predecessors.
+            rows = [x[(slice(None),) + p]] + [h[prev[k]] for k in range(d)]
+            pre = rows[0] @ w_in + bias
+            for k in range(d):
+                pre = pre + rows[1 + k] @ w_rec[k]
+            g = np.tanh(pre[:, :n])
+            o = sigmoid(pre[:, n:2 * n])
+            i = sigmoid(pre[:, 2 * n:3 * n])
+            f = [sigmoid(pre[:, (3 + k) * n:(4 + k) * n]) for k in range(d)]
+            c_prev = [c[prev[k]] for k in range(d)]
+            cell = g * i
+            for k in range(d):
+                cell = cell + f[k] * c_prev[k]
+            cell = np.clip(cell, -big, big)
+            if variant == "slstm":
+                h_new = np.tanh(cell * o)
+            else:
+                tanh_c = np.tanh(cell)
+                h_new = o * tanh_c
+            if _disagree(cell, c[at_q], tol) or _disagree(h_new, h[at_q], tol):
+                raise mismatch_error()
+            # h = tanh(c*o)  or  h = o*tanh(c)
+            dh = dh_all[at_q]
+            if variant == "slstm":
+                dpre_h = dh * (1 - h_new * h_new)
+                dc = dc_all[at_q] + dpre_h * o
+                do = dpre_h * cell
+            else:
+                dc = dc_all[at_q] + dh * o * (1 - tanh_c * tanh_c)
+                do = dh * tanh_c
+            # c = saturate(g*i + sum_k f_k * c_prev_k)
+            dc = np.where(np.abs(cell) < big, dc, 0)
+            dpre = np.empty_like(pre)
+            dpre[:, :n] = dc * i * (1 - g * g)
+            dpre[:, n:2 * n] = do * o * (1 - o)
+            dpre[:, 2 * n:3 * n] = dc * g * i * (1 - i)
+            for k in range(d):
+                dpre[:, (3 + k) * n:(4 + k) * n] = dc * c_prev[k] * f[k] * (1 - f[k])
+                dc_all[prev[k]] += dc * f[k]
+            # pre = [x_p | h_prev_0 | ...] @ W + b
+            grad_b += dpre.sum(axis=0)
+            grad_w[:ch] += rows[0].T @ dpre
+            grad_x[(slice(None),) + p] = dpre @ w_in.T
+            for k in range(d):
+                grad_w[ch + k * n: ch + (k + 1) * n] += rows[1 + k].T @ dpre
+                dh_all[prev[k]] += dpre @ w_rec[k].T
+    # What is left at the boundary entries is their gradient; inner ones are done.
+    dh_all[inner] = 0
+    dc_all[inner] = 0
+    return grad_x, grad_w, grad_b, dh_all, dc_all
+
+
+def backward(x, weights, bias, grad_h, grad_c, h, c, variant, signs, sizes):
+    """Backward of forward: gradients of every direction over every sample.
+
+    x (B, *S, C); weights (Z, R, G); bias (Z, G); grad_h (B, *S, Z*N) and
+    grad_c (the same, or None): gradients of the loss w.r.t. forward's h and c;
+    h, c (B, *S, Z*N): what forward(..., return_cell=True) returned for these
+    arguments; signs (Z, d); sizes (B, d). Boundary states are zero.
+
+    Returns (grad_x (B, *S, C), grad_weights (Z, R, G), grad_bias (Z, G)) in
+    x's dtype. Cells outside a sample's valid region get zero grad_x and
+    contribute nothing (grad_h, grad_c, h and c there are ignored). Saturated
+    cells (|c| the largest float) pass no gradient through their clip. Raises
+    ValueError (mismatch_error) if h/c do not come from the matching forward.
+    """
+    d = x.ndim - 2
+    n = weights.shape[2] // (3 + d)
+    dtype = x.dtype
+    grad_x = np.zeros(x.shape, dtype=dtype)
+    grad_w = np.zeros(weights.shape, dtype=dtype)
+    grad_b = np.zeros(bias.shape, dtype=dtype)
+    groups = {}
+    for b, s in enumerate(sizes):
+        groups.setdefault(tuple(int(v) for v in s), []).append(b)
+    inner = (slice(None),) + (slice(1, None),) * d
+    for size, members in groups.items():
+        valid = (members,) + tuple(slice(0, s) for s in size)
+        xs = x[valid]
+        for z, sign in enumerate(signs):
+            flip = tuple(k + 1 for k in range(d) if sign[k] < 0)
+
+            def mirror(a, flip=flip):
+                return np.flip(a, axis=flip) if flip else a
+
+            channels = valid + (slice(z * n, (z + 1) * n),)
+            shape = (len(members),) + tuple(s + 1 for s in size) + (n,)
+            hz = np.zeros(shape, dtype=dtype)
+            cz = np.zeros(shape, dtype=dtype)
+            hz[inner] = mirror(h[channels])
+            cz[inner] = mirror(c[channels])
+            gc = None if grad_c is None else mirror(grad_c[channels])
+            gx, gw, gb, _, _ = scan_padded_backward(
+                mirror(xs), weights[z], bias[z], hz, cz, mirror(grad_h[channels]), gc,
+                variant)
+            grad_x[valid] += mirror(gx)
+            grad_w[z] += gw
+            grad_b[z] += gb
+    return grad_x, grad_w, grad_b
