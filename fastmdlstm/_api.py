@@ -414,12 +414,12 @@ def _run_forward_kernel(driver, x, w, b, d, variant, signs, sizes, ragged, out, 
                         group=None, threads=None):
     """Run one numba driver; group (cells per weight pass) is for tests/benchmarks."""
     empty = np.empty((0,) * 5, dtype=x.dtype)
-    _launch(
-        driver, _canonical(x, d), w, b, d, _kernels.VARIANTS[variant],
-        sizes, signs, False, empty, empty, _canonical(out, d),
-        empty if cell is None else _canonical(cell, d),
-        _kernels.DEFAULT_GROUP if group is None else group,
-        _threads() if threads is None else threads)
+    problem = _kernels.Forward(
+        _canonical(x, d), w, b, d, w.shape[2] // (3 + d), _kernels.VARIANTS[variant], sizes,
+        signs, False, empty, empty, _canonical(out, d),
+        empty if cell is None else _canonical(cell, d))
+    _launch(driver, problem, _kernels.DEFAULT_GROUP if group is None else group,
+            _threads() if threads is None else threads)
     if ragged:  # after the kernel: a failed launch must leave out untouched
         _zero_outside(out, sizes, x.shape[1:-1])
         if cell is not None:
@@ -452,11 +452,10 @@ def forward_inplace(x, weights, bias, h, c, *, variant="slstm", backend="auto"):
         _reference.scan_padded(x, w[0], b[0], h, c, variant)
         return None
     empty = np.empty((0,) * 5, dtype=x.dtype)
-    _launch(
-        driver, _canonical(x, d), w, b, d, _kernels.VARIANTS[variant],
-        _full_sizes(batch, spatial),
-        parse_directions(None, d), True, _canonical(h, d), _canonical(c, d),
-        empty, empty, _kernels.DEFAULT_GROUP, numba.get_num_threads())
+    problem = _kernels.Forward(
+        _canonical(x, d), w, b, d, n, _kernels.VARIANTS[variant], _full_sizes(batch, spatial),
+        parse_directions(None, d), True, _canonical(h, d), _canonical(c, d), empty, empty)
+    _launch(driver, problem, _kernels.DEFAULT_GROUP, numba.get_num_threads())
     return None
 
 

@@ -35,12 +35,15 @@ reproducible. No fastmath: it would let LLVM reassociate differently in
 different call sites.
 """
 
+import inspect
 import math
+from collections import namedtuple
 
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from ._cells import SLSTM, VARIANT_CODES
 from ._dispatch import GROUP, ring_rows, tile_blocks
 from ._lowlevel import VEC_BYTES, borrow, keep_alive, vfma, vload, vsplat, vstore
 
@@ -52,7 +55,7 @@ _OPTS = {"cache": True, "nogil": True, "error_model": "numpy"}
 # (~8% and ~3% on digits).
 _INLINE = dict(_OPTS, inline="always")
 
-VARIANTS = {"slstm": 0, "graves": 1}
+VARIANTS = VARIANT_CODES  # name -> the code the kernels take
 DEFAULT_GROUP = GROUP
 
 
@@ -179,6 +182,21 @@ def _saturate_overload(x):
     if x == types.float64:
         big64 = np.finfo(np.float64).max
         return lambda x: big64 if x > big64 else (-big64 if x < -big64 else x)
+    return None
+
+
+def as_float_like(v, like):
+    """v in the float type of `like` (compiled code would promote a float32
+    expression mixed with a Python float constant to float64)."""
+    return type(like)(v)
+
+
+@overload(as_float_like)
+def _as_float_like_overload(v, like):
+    if like == types.float32:
+        return lambda v, like: np.float32(v)
+    if like == types.float64:
+        return lambda v, like: np.float64(v)
     return None
 
 
@@ -374,10 +392,10 @@ def _cell_update(gates, c_prev, d, n, variant, h, c):
     # NaN from finite inputs.
     for r in range(n):
         c[r] = saturate(c[r])
-    if variant == 0:
+    if variant == SLSTM:
         for r in range(n):
             h[r] = fast_tanh(c[r] * fast_sigmoid(out_gate[r]))
-    else:
+    else:  # GRAVES (the API admits only the variants of _cells.VARIANTS)
         for r in range(n):
             h[r] = fast_sigmoid(out_gate[r]) * fast_tanh(c[r])
 
@@ -396,7 +414,77 @@ def _copy2(src_a, src_b, dst_a, dst_b):
         dst_b[r] = src_b[r]
 
 
-# --- one group of cells on one plane -------------------------------------------
+
+
+@njit(**_OPTS)
+def _add(src, dst):
+    for r in range(dst.size):
+        dst[r] += src[r]
+
+
+@njit(**_OPTS)
+def _add2(src_a, src_b, dst_a, dst_b):
+    """dst_a += src_a; dst_b += src_b."""
+    for r in range(dst_a.size):
+        dst_a[r] += src_a[r]
+        dst_b[r] += src_b[r]
+
+
+# --- problems: the arrays one scan works on ----------------------------------------
+# A problem bundles the arrays and sizes of a call; the schedules (strips, tiles,
+# planes) are written once and run a per-problem group body, chosen at compile
+# time by the bundle's type (_by_problem), so each driver is compiled once per
+# kind of problem. All arrays use the canonical 3-spatial-axis layout:
+#   x (B, S0, S1, S2, C); w (Z, C + d*N, (3+d)*N) C-contiguous; bias (Z, G);
+#   sizes (B, d) int64; signs (Z, d) int64; variant (SLSTM or GRAVES).
+# Forward: inplace -> h_state, c_state (B, P0, P1, P2, N) are the caller's padded
+#   tensors (boundary at index 0 of each real axis), else empty, and h (and c
+#   when cell_out has elements) go to out, cell_out (B, S0, S1, S2, Z*N).
+# Backward: the reverse scan, run as a scan in the mirrored direction (signs
+#   are the forward's negated, so the schedules' "previous" cells are the
+#   forward's next ones). h, c: the forward's outputs (B, S0, S1, S2, Z*N), or
+#   h_state, c_state in the inplace layout; grad_h, grad_c (grad_c may be
+#   empty) like h; dx (B, S0, S1, S2, C), zeroed, accumulated over directions;
+#   dw (B*Z, R, G), db (B*Z, G) per-(sample, direction) sums; dh_state,
+#   dc_state like h_state: gradients of the boundary states; wt (Z, G, R) is
+#   w transposed and zero (Z, R) zeros, for the da @ w.T product; mismatch
+#   (B*Z,) is set where the recomputed forward differs from h, c.
+
+Forward = namedtuple("Forward", ("x", "w", "bias", "d", "n", "variant", "sizes", "signs",
+                                 "inplace", "h_state", "c_state", "out", "cell_out"))
+Backward = namedtuple("Backward", ("x", "w", "wt", "zero", "bias", "d", "n", "variant",
+                                   "sizes", "signs", "inplace", "h_state", "c_state", "h",
+                                   "c", "grad_h", "grad_c", "dx", "dw", "db", "dh_state",
+                                   "dc_state", "tol", "mismatch"))
+
+
+def _by_problem(name, forward_impl, backward_impl):
+    """A function running forward_impl on a Forward bundle and backward_impl on
+    a Backward one: in compiled code chosen by the bundle's type at compile
+    time (a function passed as an argument would defeat Numba's on-disk
+    cache), in plain Python (NUMBA_DISABLE_JIT) by isinstance. Numba inlines
+    no call with *args, so the wrappers are made with the impls' own
+    parameter names."""
+    params = ", ".join(inspect.signature(
+        getattr(forward_impl, "py_func", forward_impl)).parameters)
+    first = params.split(",")[0]
+    scope = {"Forward": Forward, "forward_impl": forward_impl,
+             "backward_impl": backward_impl}
+    exec(f"def {name}({params}):\n"
+         f"    impl = forward_impl if isinstance({first}, Forward) else backward_impl\n"
+         f"    return impl({params})", scope)
+    dispatch = scope[name]
+
+    def typed(*args):
+        kind = getattr(args[0], "instance_class", None)
+        impl = {Forward: forward_impl, Backward: backward_impl}.get(kind)
+        return None if impl is None else eval(f"lambda {params}: impl({params})",
+                                              {"impl": impl})
+
+    scope["typed"] = typed
+    exec(f"def typed_{name}({params}):\n    return typed({params})", scope)
+    overload(dispatch)(scope["typed_" + name])
+    return dispatch
 
 
 @njit(**_OPTS)
@@ -405,42 +493,57 @@ def _axis_coord(u, extent, sign):
     return u if sign > 0 else extent - 1 - u
 
 
+@njit(**_OPTS)
+def _cell_coords(p, b, z, t, a, i, split, shift):
+    """Array indices (ax, ix, jx) of the scan's cell (a, i, j = t - a - i, plus
+    shift from row split on: see _scan_pair) and its j."""
+    s0, s1, s2 = _extents(p.sizes, b, p.d)
+    g0, g1, g2 = _extents(p.signs, z, p.d)
+    j = t - a - i + (shift if i >= split else 0)
+    return _axis_coord(a, s0, g0), _axis_coord(i, s1, g1), _axis_coord(j, s2, g2), j
+
+
+@njit(**_OPTS)
+def _pad_offsets(d):
+    """Offsets of the caller's padded state tensors: 1 on real axes, 0 on the
+    leading dummies."""
+    return (1 if d >= 3 else 0), (1 if d >= 2 else 0), 1
+
+
+# --- the forward's group body ------------------------------------------------------
+
+
 @njit(**_INLINE)
-def _group(b, z, t, a, i0, m_cnt, split, shift, x, w, bias, d, n, variant, sizes, signs,
-           inplace, h_state, c_state, slot, ring, roll_h, roll_c, out, cell_out,
-           rows, c_prev, acc, h_new, c_new):
-    """Cells (a, i, j) for i in [i0, i0 + m_cnt) of sample b, direction z, with
-    j = t - a - i, plus `shift` from row `split` on (the rows from `split` on
-    belong to the next strip, which trails behind: see _scan_sample).
+def _forward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, split, shift):
+    """Cells (a, i, t - a - i) for i in [i0, i0 + m_cnt) of sample b, direction
+    z (j shifted by `shift` from row `split` on: the rows from split on belong
+    to the next strip, which trails behind; see _scan_pair).
 
     inplace: h_state/c_state are the caller's padded tensors; otherwise
     roll_h[slot]/roll_c[slot] hold the recent states of this (b, z), placed by
     _roll_pos(ring, ...), and h goes to out (and c to cell_out when it has
     elements).
     """
+    rows, c_prev, acc, h_new, c_new = sc
+    x, d, n = p.x, p.d, p.n
     n_in = x.shape[4]
     s1_all = x.shape[2]
     first_real = 3 - d
-    # Padding offsets of the caller's tensors: 1 on real axes, 0 on dummies.
-    o0 = 1 if first_real <= 0 else 0
-    o1 = 1 if first_real <= 1 else 0
-    s0, s1, s2 = _extents(sizes, b, d)
-    g0, g1, g2 = _extents(signs, z, d)
-    ax = _axis_coord(a, s0, g0)
+    o0, o1, o2 = _pad_offsets(d)
     # Views, never offset indices (see _cell_update); they are borrowed, so free.
     for m in range(m_cnt):
         i = i0 + m
-        j = t - a - i + (shift if i >= split else 0)
+        ax, ix, jx, j = _cell_coords(p, b, z, t, a, i, split, shift)
         row = rows[m]
-        _copy(x[b, ax, _axis_coord(i, s1, g1), _axis_coord(j, s2, g2)], row[:n_in])
+        _copy(x[b, ax, ix, jx], row[:n_in])
         for k in range(d):
             q = first_real + k
             h_dst = row[n_in + k * n:n_in + (k + 1) * n]
-            if inplace:
+            if p.inplace:  # "tl" only: array index = scan coordinate
                 pa = a + o0 - (1 if q == 0 else 0)
                 pi = i + o1 - (1 if q == 1 else 0)
-                pj = j + 1 - (1 if q == 2 else 0)
-                _copy2(h_state[b, pa, pi, pj], c_state[b, pa, pi, pj], h_dst, c_prev[m, k])
+                pj = j + o2 - (1 if q == 2 else 0)
+                _copy2(p.h_state[b, pa, pi, pj], p.c_state[b, pa, pi, pj], h_dst, c_prev[m, k])
                 continue
             if q == 0:
                 present, pa, pi, pj = a > 0, a - 1, i, j
@@ -449,28 +552,226 @@ def _group(b, z, t, a, i0, m_cnt, split, shift, x, w, bias, d, n, variant, sizes
             else:
                 present, pa, pi, pj = j > 0, a, i, j - 1
             if present:
-                p, u = _roll_pos(ring, t - 1, pa, pi, pj, s1_all)
-                _copy2(roll_h[slot, p, u], roll_c[slot, p, u], h_dst, c_prev[m, k])
+                u, v = _roll_pos(ring, t - 1, pa, pi, pj, s1_all)
+                _copy2(roll_h[slot, u, v], roll_c[slot, u, v], h_dst, c_prev[m, k])
             else:
                 h_dst[:] = 0
                 c_prev[m, k, :] = 0
-    _preactivation(rows, w, bias, z, acc, m_cnt)
+    _preactivation(rows, p.w, p.bias, z, acc, m_cnt)
     ch = z * n
     for m in range(m_cnt):
         i = i0 + m
-        j = t - a - i + (shift if i >= split else 0)
-        _cell_update(acc[m], c_prev[m], d, n, variant, h_new, c_new)
-        if inplace:
-            pa, pi, pj = a + o0, i + o1, j + 1
-            _copy2(h_new, c_new, h_state[b, pa, pi, pj], c_state[b, pa, pi, pj])
+        ax, ix, jx, j = _cell_coords(p, b, z, t, a, i, split, shift)
+        _cell_update(acc[m], c_prev[m], d, n, p.variant, h_new, c_new)
+        if p.inplace:
+            pa, pi, pj = a + o0, i + o1, j + o2
+            _copy2(h_new, c_new, p.h_state[b, pa, pi, pj], p.c_state[b, pa, pi, pj])
             continue
-        ix = _axis_coord(i, s1, g1)
-        jx = _axis_coord(j, s2, g2)
-        p, u = _roll_pos(ring, t, a, i, j, s1_all)
-        _copy2(h_new, c_new, roll_h[slot, p, u], roll_c[slot, p, u])
-        _copy(h_new, out[b, ax, ix, jx, ch:ch + n])
-        if cell_out.size:
-            _copy(c_new, cell_out[b, ax, ix, jx, ch:ch + n])
+        u, v = _roll_pos(ring, t, a, i, j, s1_all)
+        _copy2(h_new, c_new, roll_h[slot, u, v], roll_c[slot, u, v])
+        _copy(h_new, p.out[b, ax, ix, jx, ch:ch + n])
+        if p.cell_out.size:
+            _copy(c_new, p.cell_out[b, ax, ix, jx, ch:ch + n])
+
+
+# --- the backward's group body -----------------------------------------------------
+# Cell p of the forward, with pre-activation a = row_p @ W + b (row_p = x_p and
+# the predecessors' h), gates g = tanh(a_g), o, i, f_k = sigma(a_.), and
+#   c = sat(g i + sum_k f_k c_k),  h = tanh(c o) (slstm) or o tanh(c) (graves).
+# Its total gradients dh, dc are grad_h, grad_c plus what its forward successors
+# sent back. Then (sat' = 0 where |c| is the largest float, else 1)
+#   slstm:  dc += dh (1 - h^2) o,  do = dh (1 - h^2) c
+#   graves: dc += dh o (1 - tanh(c)^2),  do = dh tanh(c);   dc *= sat'
+#   da_g = dc i (1 - g^2), da_o = do o (1 - o), da_i = dc g i (1 - i),
+#   da_fk = dc c_k f_k (1 - f_k);   to predecessor k: dc f_k and (da @ W.T)_k,
+#   dx_p = (da @ W.T)[:C],  dW += row_p^T da,  db += da.
+# Messages to the predecessors travel through the same row of slots as the
+# forward's states (the reverse scan has the same dependency shape); a slot
+# holds a cell's d messages (d*N values each for h and c).
+
+
+@njit(**_INLINE)
+def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, split, shift):
+    """The backward of cells (a, i, t - a - i), i in [i0, i0 + m_cnt), in the
+    reverse scan's coordinates (see Backward)."""
+    rows, c_prev, acc, da, drows, dh, dc = sc
+    x, d, n = p.x, p.d, p.n
+    n_in = x.shape[4]
+    s1_all = x.shape[2]
+    first_real = 3 - d
+    o0, o1, o2 = _pad_offsets(d)
+    s0, s1, s2 = _extents(p.sizes, b, d)
+    g0, g1, g2 = _extents(p.signs, z, d)
+    bz = b * p.w.shape[0] + z
+    ch = z * n
+    # Gather: the forward's row (x and the forward predecessors' h, i.e. the
+    # next cells of this scan), the predecessors' c, and the messages from
+    # this scan's previous cells (the forward successors). All reads come
+    # before any slot is written (cells of a group share slots).
+    for m in range(m_cnt):
+        i = i0 + m
+        ax, ix, jx, j = _cell_coords(p, b, z, t, a, i, split, shift)
+        row = rows[m]
+        _copy(x[b, ax, ix, jx], row[:n_in])
+        dh_m, dc_m = dh[m], dc[m]
+        if p.inplace:
+            _copy(p.grad_h[b, ax, ix, jx], dh_m)
+        else:
+            _copy(p.grad_h[b, ax, ix, jx, ch:ch + n], dh_m)
+        if p.grad_c.size == 0:
+            dc_m[:] = 0
+        elif p.inplace:
+            _copy(p.grad_c[b, ax, ix, jx], dc_m)
+        else:
+            _copy(p.grad_c[b, ax, ix, jx, ch:ch + n], dc_m)
+        for k in range(d):
+            q = first_real + k
+            h_dst = row[n_in + k * n:n_in + (k + 1) * n]
+            # The forward predecessor: one step further along axis q here.
+            pa, pi, pj = a + (1 if q == 0 else 0), i + (1 if q == 1 else 0), j + (
+                1 if q == 2 else 0)
+            fa, fi, fj = _axis_coord(pa, s0, g0), _axis_coord(pi, s1, g1), _axis_coord(
+                pj, s2, g2)
+            if p.inplace:  # index -1 + 1 = 0: the boundary
+                _copy2(p.h_state[b, fa + o0, fi + o1, fj + o2],
+                       p.c_state[b, fa + o0, fi + o1, fj + o2], h_dst, c_prev[m, k])
+            elif pa < s0 and pi < s1 and pj < s2:
+                _copy2(p.h[b, fa, fi, fj, ch:ch + n], p.c[b, fa, fi, fj, ch:ch + n], h_dst,
+                       c_prev[m, k])
+            else:
+                h_dst[:] = 0
+                c_prev[m, k, :] = 0
+            # The message from this scan's previous cell along q, which sent
+            # its part k (we are its forward predecessor along q).
+            if q == 0:
+                present, qa, qi, qj = a > 0, a - 1, i, j
+            elif q == 1:
+                present, qa, qi, qj = i > 0, a, i - 1, j
+            else:
+                present, qa, qi, qj = j > 0, a, i, j - 1
+            if present:
+                u, v = _roll_pos(ring, t - 1, qa, qi, qj, s1_all)
+                _add2(roll_h[slot, u, v, k * n:(k + 1) * n],
+                      roll_c[slot, u, v, k * n:(k + 1) * n], dh_m, dc_m)
+    _preactivation(rows, p.w, p.bias, z, acc, m_cnt)
+    for m in range(m_cnt):
+        i = i0 + m
+        ax, ix, jx, j = _cell_coords(p, b, z, t, a, i, split, shift)
+        if p.inplace:
+            h_cell = p.h_state[b, ax + o0, ix + o1, jx + o2]
+            c_cell = p.c_state[b, ax + o0, ix + o1, jx + o2]
+        else:
+            h_cell = p.h[b, ax, ix, jx, ch:ch + n]
+            c_cell = p.c[b, ax, ix, jx, ch:ch + n]
+        if _cell_grad(acc[m], c_prev[m], h_cell, c_cell, dh[m], dc[m], d, n, p.variant,
+                      p.tol, da[m]):
+            p.mismatch[bz] = 1
+    # da @ W.T: the same micro-kernel, W.T as the weights and zero bias.
+    _preactivation(da, p.wt, p.zero, z, drows, m_cnt)
+    _accumulate_outer(rows, da, m_cnt, p.dw[bz], p.db[bz])
+    for m in range(m_cnt):
+        i = i0 + m
+        ax, ix, jx, j = _cell_coords(p, b, z, t, a, i, split, shift)
+        _add(drows[m, :n_in], p.dx[b, ax, ix, jx])
+        u, v = _roll_pos(ring, t, a, i, j, s1_all)
+        msg_h, msg_c = roll_h[slot, u, v], roll_c[slot, u, v]
+        for k in range(d):
+            forget = acc[m, (3 + k) * n:(4 + k) * n]
+            _copy(drows[m, n_in + k * n:n_in + (k + 1) * n], msg_h[k * n:(k + 1) * n])
+            part_c, dc_m = msg_c[k * n:(k + 1) * n], dc[m]
+            for r in range(n):
+                part_c[r] = dc_m[r] * fast_sigmoid(forget[r])
+            if not p.inplace:
+                continue
+            q = first_real + k
+            pa, pi, pj = a + (1 if q == 0 else 0), i + (1 if q == 1 else 0), j + (
+                1 if q == 2 else 0)
+            if pa < s0 and pi < s1 and pj < s2:
+                continue
+            # The forward predecessor is a boundary state: its gradient.
+            fa, fi, fj = _axis_coord(pa, s0, g0), _axis_coord(pi, s1, g1), _axis_coord(
+                pj, s2, g2)
+            _copy2(msg_h[k * n:(k + 1) * n], part_c,
+                   p.dh_state[b, fa + o0, fi + o1, fj + o2],
+                   p.dc_state[b, fa + o0, fi + o1, fj + o2])
+
+
+@njit(**_INLINE)
+def _cell_grad(pre, c_prev, h, c, dh, dc, d, n, variant, tol, da):
+    """da ((3+d)N,) of one cell from its pre-activations, the predecessors'
+    cells c_prev (d, N), its stored h, c and total gradients dh, dc; dc
+    becomes the gradient of c itself. Recomputes c and h on the way and
+    returns whether they differ from the stored ones by more than
+    tol * (1 + |value|) (h, c not from a matching forward)."""
+    one = as_float_like(1.0, c[0])
+    big = saturate(as_float_like(np.inf, one))  # the largest finite float
+    bad = False
+    cand, out_gate, in_gate = pre[:n], pre[n:2 * n], pre[2 * n:3 * n]
+    da_g, da_o, da_i = da[:n], da[n:2 * n], da[2 * n:3 * n]
+    for r in range(n):
+        g, o, ii = fast_tanh(cand[r]), fast_sigmoid(out_gate[r]), fast_sigmoid(in_gate[r])
+        cell = g * ii
+        for k in range(d):
+            cell += fast_sigmoid(pre[(3 + k) * n + r]) * c_prev[k, r]
+        cell = saturate(cell)
+        cr = c[r]
+        if variant == SLSTM:
+            hr = fast_tanh(cr * o)
+            du = dh[r] * (one - hr * hr)
+            dcr, do = dc[r] + du * o, du * cr
+        else:  # GRAVES
+            tc = fast_tanh(cr)
+            hr = o * tc
+            dcr, do = dc[r] + dh[r] * o * (one - tc * tc), dh[r] * tc
+        bad |= _differs(cell, cr, tol) or _differs(hr, h[r], tol)
+        if abs(cr) == big:  # saturated: the clip's derivative is 0
+            dcr = one - one
+        dc[r] = dcr
+        da_g[r] = dcr * ii * (one - g * g)
+        da_o[r] = do * o * (one - o)
+        da_i[r] = dcr * g * ii * (one - ii)
+    for k in range(d):
+        forget, before, da_f = pre[(3 + k) * n:(4 + k) * n], c_prev[k], da[(3 + k) * n:(
+            4 + k) * n]
+        for r in range(n):
+            f = fast_sigmoid(forget[r])
+            da_f[r] = dc[r] * before[r] * f * (one - f)
+    return bad
+
+
+@njit(**_OPTS)
+def _differs(value, stored, tol):
+    """Whether a recomputed value is off the stored one (NaN matches NaN)."""
+    if value != value and stored != stored:
+        return False
+    return not abs(value - stored) <= tol * (1 + abs(stored))
+
+
+@njit(**_ACT)
+def _accumulate_outer(rows, da, m_cnt, dw, db):
+    """dw += rows[:m_cnt].T @ da[:m_cnt], db += sum of da's rows: each element
+    a chain of fmas in cell order (the same order whatever the thread count)."""
+    n_rows, n_gates = dw.shape
+    lanes = VEC_BYTES // dw.itemsize
+    vec_end = n_gates - n_gates % lanes
+    one = as_float_like(1.0, da[0, 0])
+    for r in range(n_rows + 1):  # row n_rows: the bias, a row of ones
+        dst = dw[r] if r < n_rows else db
+        for g in range(0, vec_end, lanes):
+            acc = vload(dst, g)
+            for m in range(m_cnt):
+                v = rows[m, r] if r < n_rows else one
+                acc = vfma(vsplat(v), vload(da[m], g), acc)
+            vstore(dst, g, acc)
+        for g in range(vec_end, n_gates):
+            acc = dst[g]
+            for m in range(m_cnt):
+                v = rows[m, r] if r < n_rows else one
+                acc += v * da[m, g]
+            dst[g] = acc
+
+
+# --- geometry of scans -------------------------------------------------------------
 
 
 @njit(**_OPTS)
@@ -519,51 +820,156 @@ def _roll_pos(ring, t, a, i, j, s1_all):
 _ring_rows = njit(**_OPTS)(ring_rows)  # the API's memory estimate uses it too
 
 
+# --- per-problem storage -----------------------------------------------------------
+
+
 @njit(**_OPTS)
-def _roll_buffers(pairs, x, n, inplace, ring):
-    """h ([0]) and c ([1]) of the recent cells of each (sample, direction),
-    (2, pairs, P, Q, N) in _roll_pos's layout; empty in the inplace layout,
-    whose states live in the caller's tensors."""
-    if inplace:
-        return np.empty((2, pairs, 0, 0, n), x.dtype)
+def _forward_slot_width(p):
+    return p.n
+
+
+@njit(**_OPTS)
+def _backward_slot_width(p):
+    return p.d * p.n  # one message per predecessor
+
+
+_slot_width = _by_problem("_slot_width", _forward_slot_width, _backward_slot_width)
+
+
+@njit(**_OPTS)
+def _pair_buffers(p, pairs, ring):
+    """h ([0]) and c ([1]) slots of the recent cells of each (sample,
+    direction), (2, pairs, P, Q, width) in _roll_pos's layout; empty for the
+    forward's inplace layout, whose states live in the caller's tensors."""
+    x = p.x
+    if isinstance_forward(p) and p.inplace:
+        return np.empty((2, pairs, 0, 0, p.n), x.dtype)
+    width = _slot_width(p)
     if ring == 0:
-        return np.empty((2, pairs, 2, x.shape[1] * x.shape[2], n), x.dtype)
-    return np.empty((2, pairs, ring, x.shape[3], n), x.dtype)
+        return np.empty((2, pairs, 2, x.shape[1] * x.shape[2], width), x.dtype)
+    return np.empty((2, pairs, ring, x.shape[3], width), x.dtype)
+
+
+def isinstance_forward(p):
+    return isinstance(p, Forward)
+
+
+@overload(isinstance_forward)
+def _isinstance_forward(p):
+    is_forward = getattr(p, "instance_class", None) is Forward
+    return lambda p: is_forward
 
 
 @njit(**_OPTS)
-def _scratch_size(n_rows, n_gates, d, n, group, itemsize):
-    """Elements of one scratch buffer for _scratch."""
-    return group * (n_rows + d * n + n_gates) + 2 * n + 64 // itemsize
+def _scratch_parts(p, group):
+    """Element counts of the scratch arrays of one thread, in _carve's order."""
+    n_rows, n_gates, d, n = p.w.shape[1], p.w.shape[2], p.d, p.n
+    if isinstance_forward(p):  # acc, rows, c_prev, h_new, c_new
+        return (group * n_gates, group * n_rows, group * d * n, n, n, 0, 0)
+    # acc, rows, c_prev, da, drows, dh, dc
+    return (group * n_gates, group * n_rows, group * d * n, group * n_gates, group * n_rows,
+            group * n, group * n)
 
 
 @njit(**_OPTS)
-def _scratch(buf, n_rows, n_gates, d, n, group):
-    """rows, c_prev, acc, h_new, c_new carved out of buf (_scratch_size
-    elements); acc, written a vector at a time, starts on a cache line."""
-    skip = (-buf.ctypes.data % 64) // buf.itemsize
-    at = skip + group * n_gates
-    acc = buf[skip:at].reshape((group, n_gates))
-    rows = buf[at:at + group * n_rows].reshape((group, n_rows))
-    at += group * n_rows
-    c_prev = buf[at:at + group * d * n].reshape((group, d, n))
-    at += group * d * n
-    return rows, c_prev, acc, buf[at:at + n], buf[at + n:at + 2 * n]
-
-
-# --- drivers -------------------------------------------------------------------
-# Arguments common to all drivers:
-#   x (B, S0, S1, S2, C); w (Z, C + d*N, (3+d)*N) C-contiguous; bias (Z, G);
-#   d; variant (0 slstm, 1 graves); sizes (B, d) int64; signs (Z, d) int64;
-#   inplace; h_state, c_state (B, P0, P1, P2, N) or empty; out, cell_out
-#   (B, S0, S1, S2, Z*N) or empty; group (cells per weight pass); threads (the
-#   numba thread count: the wavefront driver splits each plane into that many
-#   chunks; numba.get_num_threads() inside a kernel would stop it being cached).
+def _scratch_len(p, group):
+    """Elements of one scratch buffer: each part rounded up to a cache line."""
+    line = 64 // p.x.itemsize
+    total = line  # for the alignment of the first part
+    for part in _scratch_parts(p, group):
+        total += (part + line - 1) // line * line
+    return total
 
 
 @njit(**_OPTS)
-def _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
-                 h_state, c_state, out, cell_out, group):
+def _carve_flat(p, buf, group):
+    """The parts of buf as flat arrays, each starting on a cache line (the
+    GEMM's vectors then never straddle one)."""
+    line = 64 // buf.itemsize
+    at = (-buf.ctypes.data % 64) // buf.itemsize
+    p0, p1, p2, p3, p4, p5, p6 = _scratch_parts(p, group)
+    a0, a1 = at, at + (p0 + line - 1) // line * line
+    a2 = a1 + (p1 + line - 1) // line * line
+    a3 = a2 + (p2 + line - 1) // line * line
+    a4 = a3 + (p3 + line - 1) // line * line
+    a5 = a4 + (p4 + line - 1) // line * line
+    a6 = a5 + (p5 + line - 1) // line * line
+    return (buf[a0:a0 + p0], buf[a1:a1 + p1], buf[a2:a2 + p2], buf[a3:a3 + p3],
+            buf[a4:a4 + p4], buf[a5:a5 + p5], buf[a6:a6 + p6])
+
+
+@njit(**_OPTS)
+def _forward_carve(p, buf, group):
+    n_rows, n_gates, d, n = p.w.shape[1], p.w.shape[2], p.d, p.n
+    acc, rows, c_prev, h_new, c_new, _, _ = _carve_flat(p, buf, group)
+    return (rows.reshape((group, n_rows)), c_prev.reshape((group, d, n)),
+            acc.reshape((group, n_gates)), h_new, c_new)
+
+
+@njit(**_OPTS)
+def _backward_carve(p, buf, group):
+    n_rows, n_gates, d, n = p.w.shape[1], p.w.shape[2], p.d, p.n
+    acc, rows, c_prev, da, drows, dh, dc = _carve_flat(p, buf, group)
+    return (rows.reshape((group, n_rows)), c_prev.reshape((group, d, n)),
+            acc.reshape((group, n_gates)), da.reshape((group, n_gates)),
+            drows.reshape((group, n_rows)), dh.reshape((group, n)), dc.reshape((group, n)))
+
+
+_carve = _by_problem("_carve", _forward_carve, _backward_carve)
+_run_group = _by_problem("_run_group", _forward_group, _backward_group)
+
+
+@njit(**_OPTS)
+def _forward_borrowed(p):
+    return Forward(borrow(p.x), borrow(p.w), borrow(p.bias), p.d, p.n, p.variant,
+                   borrow(p.sizes), borrow(p.signs), p.inplace, borrow(p.h_state),
+                   borrow(p.c_state), borrow(p.out), borrow(p.cell_out))
+
+
+@njit(**_OPTS)
+def _backward_borrowed(p):
+    return Backward(borrow(p.x), borrow(p.w), borrow(p.wt), borrow(p.zero), borrow(p.bias),
+                    p.d, p.n, p.variant, borrow(p.sizes), borrow(p.signs), p.inplace,
+                    borrow(p.h_state), borrow(p.c_state), borrow(p.h), borrow(p.c),
+                    borrow(p.grad_h), borrow(p.grad_c), borrow(p.dx), borrow(p.dw),
+                    borrow(p.db), borrow(p.dh_state), borrow(p.dc_state), p.tol,
+                    borrow(p.mismatch))
+
+
+# Borrowed views of a problem's arrays (see _lowlevel), which the driver's
+# caller keeps alive.
+_borrowed = _by_problem("_borrowed", _forward_borrowed, _backward_borrowed)
+
+
+@njit(**_OPTS)
+def _pairs_per_unit(p):
+    """(sample, direction) pairs one thread takes at a time: one for the
+    forward; a sample's directions for the backward, which adds them all into
+    the sample's dx (in direction order: no two threads write one dx)."""
+    return 1 if isinstance_forward(p) else p.w.shape[0]
+
+
+# --- schedules ---------------------------------------------------------------------
+
+
+@njit(**_OPTS)
+def _scan_unit(p, unit, group):
+    """The scans of one unit of work (_pairs_per_unit pairs) in strip order,
+    with one set of slots and scratch."""
+    per = _pairs_per_unit(p)
+    ring = _ring_rows(p.x.shape[1], p.x.shape[2], group)
+    roll_owner = _pair_buffers(p, 1, ring)
+    scratch_owner = np.empty(_scratch_len(p, group), p.x.dtype)
+    roll = borrow(roll_owner)
+    sc = _carve(p, borrow(scratch_owner), group)
+    for bz in range(unit * per, (unit + 1) * per):
+        _scan_pair(p, bz, group, ring, roll[0], roll[1], sc)
+    keep_alive(roll_owner)
+    keep_alive(scratch_owner)
+
+
+@njit(**_OPTS)
+def _scan_pair(p, bz, group, ring, roll_h, roll_c, sc):
     """The whole scan of one (sample, direction) in strip order: slice a after
     slice a, strips of `group` rows of i, each swept along its anti-diagonals
     (one group of cells per step).
@@ -576,18 +982,9 @@ def _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
     group - 1 + j, before this strip's step j + lag. (In 3-D the strips of a
     slice do not overlap: the ring of rows would not hold both strips and
     the slice before them.)"""
-    z_count, n_rows, n_gates = w.shape
-    n = n_gates // (3 + d)
-    b = bz // z_count
-    z = bz % z_count
-    s0, s1, s2 = _extents(sizes, b, d)
-    ring = _ring_rows(x.shape[1], x.shape[2], group)
-    roll_owner = _roll_buffers(1, x, n, inplace, ring)
-    scratch_owner = np.empty(_scratch_size(n_rows, n_gates, d, n, group, x.itemsize), x.dtype)
-    roll = borrow(roll_owner)
-    roll_h, roll_c = roll[0], roll[1]
-    rows, c_prev, acc, h_new, c_new = _scratch(borrow(scratch_owner), n_rows, n_gates, d, n,
-                                               group)
+    z_count = p.w.shape[0]
+    b, z = bz // z_count, bz % z_count
+    s0, s1, s2 = _extents(p.sizes, b, p.d)
     lag = max(s2, group) if s0 == 1 else s2 + group  # >= group + s2 - 1: no overlap
     strips = (s1 + group - 1) // group
     steps = (strips - 1) * lag + (s1 - (strips - 1) * group) + s2 - 1
@@ -602,74 +999,64 @@ def _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
                 i_lo = first - group + u_prev - (s2 - 1)
                 t, shift = a + first - group + u_prev, t - (a + first - group + u_prev)
             if i_lo <= i_hi:
-                _group(b, z, t, a, i_lo, i_hi + 1 - i_lo, first, shift, x, w, bias, d, n,
-                       variant, sizes, signs, inplace, h_state, c_state, 0, ring, roll_h,
-                       roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
-    keep_alive(roll_owner)
-    keep_alive(scratch_owner)
+                _run_group(p, sc, roll_h, roll_c, 0, ring, b, z, t, a, i_lo, i_hi + 1 - i_lo,
+                           first, shift)
 
 
 @njit(**_OPTS)
-def _scan_steps(b, z, i_first, i_last, s2, u_first, u_last, x, w, bias, d, n, variant, sizes,
-                signs, inplace, h_state, c_state, slot, ring, roll_h, roll_c, out, cell_out,
-                rows, c_prev, acc, h_new, c_new):
+def _scan_steps(p, sc, roll_h, roll_c, slot, ring, b, z, i_first, i_last, s2, u_first,
+                u_last):
     """Steps u_first..u_last of the strip of rows i_first..i_last of a 2-D
     scan s2 columns wide: step u is the anti-diagonal (i - i_first) + j = u."""
     for u in range(u_first, min(u_last, i_last - i_first + s2 - 1) + 1):
         i0 = max(i_first, i_first + u - (s2 - 1))
-        _group(b, z, i_first + u, 0, i0, min(i_last, i_first + u) + 1 - i0, i_last + 1, 0,
-               x, w, bias, d, n, variant, sizes, signs, inplace, h_state, c_state, slot, ring,
-               roll_h, roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
+        _run_group(p, sc, roll_h, roll_c, slot, ring, b, z, i_first + u, 0, i0,
+                   min(i_last, i_first + u) + 1 - i0, i_last + 1, 0)
+
+
+# --- drivers -----------------------------------------------------------------------
+# Each takes a problem, `group` (cells per weight pass) and `threads` (the numba
+# thread count: the wavefront driver splits each plane into that many chunks;
+# numba.get_num_threads() inside a kernel would stop it being cached).
 
 
 @njit(**_OPTS)
-def _borrow_args(x, w, bias, sizes, signs, h_state, c_state, out, cell_out):
-    """Borrowed views of a driver's arrays, which its caller keeps alive."""
-    return (borrow(x), borrow(w), borrow(bias), borrow(sizes), borrow(signs),
-            borrow(h_state), borrow(c_state), borrow(out), borrow(cell_out))
-
-
-@njit(**_OPTS)
-def scan_serial(x, w, bias, d, variant, sizes, signs, inplace,
-                h_state, c_state, out, cell_out, group, threads):
+def scan_serial(p, group, threads):
     """One thread: samples and directions one after the other."""
-    x, w, bias, sizes, signs, h_state, c_state, out, cell_out = _borrow_args(
-        x, w, bias, sizes, signs, h_state, c_state, out, cell_out)
-    for bz in range(x.shape[0] * w.shape[0]):
-        _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
-                     h_state, c_state, out, cell_out, group)
+    p = _borrowed(p)
+    for unit in range(p.x.shape[0] * p.w.shape[0] // _pairs_per_unit(p)):
+        _scan_unit(p, unit, group)
+
+
+@njit(**_OPTS)
+def scan_batch_parallel(p, group, threads):
+    """One parallel region: threads share out the units of work."""
+    _batch_units(_borrowed(p), group)
 
 
 @njit(parallel=True, **_OPTS)
-def scan_batch_parallel(x, w, bias, d, variant, sizes, signs, inplace,
-                        h_state, c_state, out, cell_out, group, threads):
-    """One parallel region: threads share out the (sample, direction) pairs."""
-    x, w, bias, sizes, signs, h_state, c_state, out, cell_out = _borrow_args(
-        x, w, bias, sizes, signs, h_state, c_state, out, cell_out)
-    for bz in prange(x.shape[0] * w.shape[0]):
-        _scan_sample(bz, x, w, bias, d, variant, sizes, signs, inplace,
-                     h_state, c_state, out, cell_out, group)
+def _batch_units(p, group):
+    # A parallel region takes the borrowed bundle as an argument: Numba's
+    # parallel lowering cannot type a namedtuple built in the same function.
+    for unit in prange(p.x.shape[0] * p.w.shape[0] // _pairs_per_unit(p)):
+        _scan_unit(p, unit, group)
 
 
 @njit(**_OPTS)
-def scan_wavefront(x, w, bias, d, variant, sizes, signs, inplace,
-                   h_state, c_state, out, cell_out, group, threads):
+def scan_wavefront(p, group, threads):
     """Parallelism inside the scans, for fewer (sample, direction) pairs than
     threads: 1-D and 2-D scans by tiles (_wavefront_tiles), 3-D scans by
-    planes (_wavefront_planes)."""
-    x, w, bias, sizes, signs, h_state, c_state, out, cell_out = _borrow_args(
-        x, w, bias, sizes, signs, h_state, c_state, out, cell_out)
-    if x.shape[1] == 1:
-        _wavefront_tiles(x, w, bias, d, variant, sizes, signs, inplace,
-                         h_state, c_state, out, cell_out, group, threads)
+    planes (_wavefront_planes). Forward only: its groups differ from the
+    strip order's, which would change the backward's sums."""
+    p = _borrowed(p)
+    if p.x.shape[1] == 1:
+        _wavefront_tiles(p, group, threads)
     else:
-        _wavefront_planes(x, w, bias, d, variant, sizes, signs, inplace,
-                          h_state, c_state, out, cell_out, group, threads)
+        _wavefront_planes(p, group, threads)
 
 
 @njit(parallel=True, **_OPTS)
-def _wavefront_tiles(x, w, bias, d, variant, sizes, signs, inplace,
-                     h_state, c_state, out, cell_out, group, threads):
+def _wavefront_tiles(p, group, threads):
     """Tiles: strip I of `group` rows, steps J * width .. (J + 1) * width - 1
     of its sweep (_scan_steps), so only a strip's first and last steps hold
     partial groups. Strip I's step u needs strip I-1's step u + group - 1,
@@ -684,23 +1071,21 @@ def _wavefront_tiles(x, w, bias, d, variant, sizes, signs, inplace,
     at least group steps, on a later diagonal. Tiles on one diagonal are two
     blocks apart: they touch disjoint columns.
     """
-    z_count, n_gates = w.shape[0], w.shape[2]
-    n = n_gates // (3 + d)
-    pairs = x.shape[0] * z_count
-    s1_all, s2_all = x.shape[2], x.shape[3]
+    z_count = p.w.shape[0]
+    pairs = p.x.shape[0] * z_count
+    s1_all, s2_all = p.x.shape[2], p.x.shape[3]
     blocks = _tile_blocks(s2_all, group, threads)
     width = (s2_all + group - 1 + blocks - 1) // blocks
     ring = _ring_rows(1, s1_all, group)
-    roll_owner = _roll_buffers(pairs, x, n, inplace, ring)
+    roll_owner = _pair_buffers(p, pairs, ring)
     roll = borrow(roll_owner)
-    roll_h, roll_c = roll[0], roll[1]
     strips_all = (s1_all + group - 1) // group
     work_owner = np.empty((pairs * (blocks // 2 + 1), 3), np.int64)
     work = borrow(work_owner)
     for diagonal in range(2 * (strips_all - 1) + blocks):
         count = 0
         for bz in range(pairs):
-            s0, s1, s2 = _extents(sizes, bz // z_count, d)
+            s0, s1, s2 = _extents(p.sizes, bz // z_count, p.d)
             strips = (s1 + group - 1) // group
             for strip in range(max(0, (diagonal - blocks) // 2),
                                min(strips - 1, diagonal // 2) + 1):
@@ -712,9 +1097,8 @@ def _wavefront_tiles(x, w, bias, d, variant, sizes, signs, inplace,
                     count += 1
         chunks = min(count, threads)
         for chunk in prange(chunks):
-            _wavefront_chunk(chunk, chunks, count, work, 0, width, ring, x, w, bias, d,
-                             variant, sizes, signs, inplace, h_state, c_state, out, cell_out,
-                             group, roll_h, roll_c)
+            _wavefront_chunk(p, chunk, chunks, count, work, 0, width, ring, group,
+                             roll[0], roll[1])
     keep_alive(work_owner)
     keep_alive(roll_owner)
 
@@ -723,8 +1107,7 @@ _tile_blocks = njit(**_OPTS)(tile_blocks)  # the dispatcher's rule, compiled
 
 
 @njit(parallel=True, **_OPTS)
-def _wavefront_planes(x, w, bias, d, variant, sizes, signs, inplace,
-                      h_state, c_state, out, cell_out, group, threads):
+def _wavefront_planes(p, group, threads):
     """One parallel region per plane: threads share out the groups of cells of
     plane t over all (sample, direction) pairs.
 
@@ -732,15 +1115,13 @@ def _wavefront_planes(x, w, bias, d, variant, sizes, signs, inplace,
     groups evenly; splitting a fixed index range instead would hand all the
     work of the first planes (low i only) to one thread.
     """
-    z_count, n_gates = w.shape[0], w.shape[2]
-    n = n_gates // (3 + d)
+    x, z_count = p.x, p.w.shape[0]
     pairs = x.shape[0] * z_count
-    roll_owner = _roll_buffers(pairs, x, n, inplace, 0)
+    roll_owner = _pair_buffers(p, pairs, 0)
     roll = borrow(roll_owner)
-    roll_h, roll_c = roll[0], roll[1]
     planes = 0
     for b in range(x.shape[0]):
-        s0, s1, s2 = _extents(sizes, b, d)
+        s0, s1, s2 = _extents(p.sizes, b, p.d)
         planes = max(planes, s0 + s1 + s2 - 2)
     work_owner = np.empty((pairs * x.shape[1] * ((x.shape[2] + group - 1) // group), 4),
                           np.int64)
@@ -748,7 +1129,7 @@ def _wavefront_planes(x, w, bias, d, variant, sizes, signs, inplace,
     for t in range(planes):
         count = 0
         for bz in range(pairs):
-            s0, s1, s2 = _extents(sizes, bz // z_count, d)
+            s0, s1, s2 = _extents(p.sizes, bz // z_count, p.d)
             if t >= s0 + s1 + s2 - 2:
                 continue
             a_lo, a_hi = _plane_a_range(t, s0, s1, s2)
@@ -762,40 +1143,31 @@ def _wavefront_planes(x, w, bias, d, variant, sizes, signs, inplace,
                     count += 1
         chunks = min(count, threads)
         for chunk in prange(chunks):
-            _wavefront_chunk(chunk, chunks, count, work, t, 0, 0, x, w, bias, d, variant,
-                             sizes, signs, inplace, h_state, c_state, out, cell_out, group,
-                             roll_h, roll_c)
+            _wavefront_chunk(p, chunk, chunks, count, work, t, 0, 0, group, roll[0], roll[1])
     keep_alive(work_owner)
     keep_alive(roll_owner)
 
 
 @njit(**_OPTS)
-def _wavefront_chunk(chunk, chunks, count, work, t, width, ring, x, w, bias, d, variant,
-                     sizes, signs, inplace, h_state, c_state, out, cell_out, group,
-                     roll_h, roll_c):
+def _wavefront_chunk(p, chunk, chunks, count, work, t, width, ring, group, roll_h, roll_c):
     """One thread's share of a wavefront step: a run of consecutive items of
     the work list, tiles (pair, strip, block) when width > 0, else groups
     (pair, a, i0, cells) of plane t. Scratch is allocated per chunk, not per
     item."""
-    z_count, n_rows, n_gates = w.shape
-    n = n_gates // (3 + d)
-    scratch_owner = np.empty(_scratch_size(n_rows, n_gates, d, n, group, x.itemsize), x.dtype)
-    rows, c_prev, acc, h_new, c_new = _scratch(borrow(scratch_owner), n_rows, n_gates, d, n,
-                                               group)
+    z_count = p.w.shape[0]
+    scratch_owner = np.empty(_scratch_len(p, group), p.x.dtype)
+    sc = _carve(p, borrow(scratch_owner), group)
     for item in range(chunk * count // chunks, (chunk + 1) * count // chunks):
         bz = work[item, 0]
         b, z = bz // z_count, bz % z_count
         if width > 0:
-            s0, s1, s2 = _extents(sizes, b, d)
+            s0, s1, s2 = _extents(p.sizes, b, p.d)
             i_first, u_first = work[item, 1] * group, work[item, 2] * width
-            _scan_steps(b, z, i_first, min(i_first + group, s1) - 1, s2, u_first,
-                        u_first + width - 1, x, w, bias, d, n, variant, sizes, signs,
-                        inplace, h_state, c_state, bz, ring, roll_h, roll_c, out, cell_out,
-                        rows, c_prev, acc, h_new, c_new)
+            _scan_steps(p, sc, roll_h, roll_c, bz, ring, b, z, i_first,
+                        min(i_first + group, s1) - 1, s2, u_first, u_first + width - 1)
         else:
-            _group(b, z, t, work[item, 1], work[item, 2], work[item, 3], x.shape[2], 0, x, w,
-                   bias, d, n, variant, sizes, signs, inplace, h_state, c_state, bz, 0,
-                   roll_h, roll_c, out, cell_out, rows, c_prev, acc, h_new, c_new)
+            _run_group(p, sc, roll_h, roll_c, bz, 0, b, z, t, work[item, 1], work[item, 2],
+                       work[item, 3], p.x.shape[2], 0)
     keep_alive(scratch_owner)
 
 
@@ -804,6 +1176,45 @@ DRIVERS = {
     "batch": scan_batch_parallel,
     "wavefront": scan_wavefront,
 }
+BACKWARD_DRIVERS = ("serial", "batch")  # see scan_wavefront
+
+
+def run_backward(driver, x, w, bias, d, variant, sizes, signs, inplace, h_state, c_state,
+                 h, c, grad_h, grad_c, threads, group=DEFAULT_GROUP):
+    """The backward of a forward, on a numba driver ("serial" or "batch").
+
+    Arrays in the canonical layout (see Backward); signs are the forward's.
+    Returns (dx, dw (Z, R, G), db (Z, G), dh_state, dc_state, mismatch): the
+    per-(sample, direction) weight sums are added up sample by sample in
+    order, so the result does not depend on the thread count.
+    """
+    if driver not in BACKWARD_DRIVERS:
+        driver = "batch" if driver == "wavefront" else driver
+    z_count, n_rows, n_gates = w.shape
+    n = n_gates // (3 + d)
+    pairs = x.shape[0] * z_count
+    dtype = x.dtype
+    dx = np.zeros(x.shape, dtype)
+    dw = np.zeros((pairs, n_rows, n_gates), dtype)
+    db = np.zeros((pairs, n_gates), dtype)
+    empty = np.empty((0,) * 5, dtype)
+    dh_state = np.zeros(h_state.shape, dtype) if inplace else empty
+    dc_state = np.zeros(c_state.shape, dtype) if inplace else empty
+    mismatch = np.zeros(pairs, np.int64)
+    wt = np.ascontiguousarray(w.transpose(0, 2, 1))
+    tol = dtype.type(1e-3 if dtype == np.float32 else 1e-7)
+    prob = Backward(x, w, wt, np.zeros((z_count, n_rows), dtype), bias, d, n, variant, sizes,
+                    np.ascontiguousarray(-signs), inplace, h_state, c_state, h, c, grad_h,
+                    grad_c, dx, dw, db, dh_state, dc_state, tol, mismatch)
+    DRIVERS[driver](prob, group, threads)
+    dw_sum = dw.reshape(x.shape[0], z_count, n_rows, n_gates)
+    db_sum = db.reshape(x.shape[0], z_count, n_gates)
+    grad_w = np.zeros((z_count, n_rows, n_gates), dtype)
+    grad_b = np.zeros((z_count, n_gates), dtype)
+    for b in range(x.shape[0]):  # a fixed order
+        grad_w += dw_sum[b]
+        grad_b += db_sum[b]
+    return dx, grad_w, grad_b, dh_state, dc_state, bool(mismatch.any())
 
 
 # --- kernel-level entry point for users' own @njit code --------------------------
@@ -829,9 +1240,9 @@ def forward_inplace_2d(x, weights, bias, h, c, variant):
     empty = np.empty((0, 0, 0, 0, 0), x.dtype)
     # Canonical layout: a leading singleton spatial axis (not padded).
     xc = np.ascontiguousarray(x)
-    scan_serial(xc.reshape((b_count, 1) + x.shape[1:]),
-                weights.reshape((1,) + weights.shape), bias.reshape((1, g)),
-                2, variant, sizes, signs, True,
-                h.reshape((b_count, 1) + h.shape[1:]),
-                c.reshape((b_count, 1) + c.shape[1:]),
-                empty, empty, DEFAULT_GROUP, 1)
+    prob = Forward(xc.reshape((b_count, 1) + x.shape[1:]),
+                   weights.reshape((1,) + weights.shape), bias.reshape((1, g)),
+                   2, g // 5, variant, sizes, signs, True,
+                   h.reshape((b_count, 1) + h.shape[1:]),
+                   c.reshape((b_count, 1) + c.shape[1:]), empty, empty)
+    scan_serial(prob, DEFAULT_GROUP, 1)
