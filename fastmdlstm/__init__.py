@@ -8,12 +8,14 @@ from ._api import (
     init_params,
     parse_directions,
 )
+from ._backward import backward, backward_inplace
 from ._dispatch import Choice
 from ._layers import MDLSTM, MDLSTM2D, MDLSTM3D
 
 __version__ = "0.1.0"
 
-__all__ = ["forward", "forward_inplace", "init_params", "choose_backend", "Choice",
+__all__ = ["forward", "forward_inplace", "backward", "backward_inplace", "init_params",
+           "choose_backend", "Choice",
            "MDLSTM", "MDLSTM2D", "MDLSTM3D", "HAVE_NUMBA", "parse_directions",
            "__version__"]
 

@@ -1,0 +1,290 @@
+"""Public backward (training) pass: argument checks and dispatch.
+
+The gradients are exact for the function that forward computes (README "The
+math"), with one convention: where a cell state saturates (|c_p| equals the
+largest finite float of the dtype, the clip of the forward), the derivative of
+c_p with respect to its unclipped value is taken as 0.
+
+Every check runs before anything is computed, and nothing the caller passes is
+ever written: all results are new arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Union
+
+import numpy as np
+
+from . import _api, _reference
+
+__all__ = ["backward", "backward_inplace"]
+
+Directions = Union[None, str, Sequence[Union[str, Sequence[int]]]]
+
+
+def _check_array(value, name, shape, dtype):
+    """value must be a numpy array of exactly dtype (never cast) and shape."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
+    if value.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (that of x), got {value.dtype}")
+    if value.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {value.shape}")
+    return value
+
+
+def _check_finite(value, name, sizes=None):
+    """No NaN or inf in value (only each sample's valid region counts when
+    sizes is given: the rest is ignored)."""
+    if np.isfinite(value).all():
+        return
+    if sizes is not None:
+        if all(np.isfinite(value[(bi,) + tuple(slice(0, int(s)) for s in size)]).all()
+               for bi, size in enumerate(sizes)):
+            return
+    raise ValueError(f"{name} contains NaN or inf")
+
+
+def _has_kernel():
+    return _api.HAVE_NUMBA and hasattr(_api._kernels, "run_backward")
+
+
+def _run_kernel(driver, x, w, b, d, variant, sizes, signs, inplace, h_state, c_state, h, c,
+                grad_h, grad_c):
+    """fastmdlstm._kernels.run_backward on canonical 5-D views; raises the
+    mismatch ValueError when the kernel reports one."""
+    empty = np.empty((0,) * 5, dtype=x.dtype)
+
+    def canonical(a):
+        return empty if a is None else _api._canonical(a, d)
+
+    # The same rules as forward's _api._launch: the workqueue threading layer is
+    # not thread-safe, and a child forked after omp started must stay serial.
+    layer = _api._current_layer()
+    if _api._fork_state["forked_after_omp"]:
+        driver = "serial"
+    args = (driver, canonical(x), w, b, d, _api._kernels.VARIANTS[variant], sizes, signs, inplace,
+            canonical(h_state), canonical(c_state), canonical(h), canonical(c),
+            canonical(grad_h), canonical(grad_c), _api._threads())
+    if driver == "serial" or layer in ("omp", "tbb"):
+        result = _api._kernels.run_backward(*args)
+    else:
+        with _api._parallel_lock:
+            result = _api._kernels.run_backward(*args)
+    grad_x5, grad_w, grad_b, grad_h_state5, grad_c_state5, mismatch = result
+    if mismatch:
+        raise _reference.mismatch_error()
+    return grad_x5, grad_w, grad_b, grad_h_state5, grad_c_state5
+
+
+def _as_given(grad, like):
+    """grad in the shape and dtype of the caller's parameter array `like`."""
+    return grad.reshape(like.shape).astype(like.dtype, copy=False)
+
+
+def backward(
+    x: np.ndarray,
+    weights: np.ndarray,
+    bias: np.ndarray,
+    grad_h: np.ndarray,
+    *,
+    h: np.ndarray,
+    c: np.ndarray,
+    variant: str = "slstm",
+    directions: Directions = None,
+    sizes: np.ndarray | None = None,
+    grad_c: np.ndarray | None = None,
+    backend: str = "auto",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of a forward pass with respect to x, weights and bias.
+
+    The backward of ``forward(x, weights, bias, variant=variant,
+    directions=directions, sizes=sizes, return_cell=True)``: given the
+    gradients of a loss with respect to its outputs h (and c), returns the
+    gradients of that loss with respect to x, weights and bias.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        (B, *spatial, C), float32 or float64, 1 to 3 spatial axes: the input
+        of the forward.
+    weights, bias : numpy.ndarray
+        (Z, C + d*N, (3+d)*N) (or 2-D for Z = 1) and (Z, (3+d)*N) (or 1-D):
+        the parameters of the forward. Float parameters of the other dtype are
+        cast to x's dtype for the computation, as forward does.
+    grad_h : numpy.ndarray
+        (B, *spatial, Z*N) of x's dtype, finite: gradient of the loss with
+        respect to forward's h. Entries outside a sample's valid region are
+        ignored.
+    h, c : numpy.ndarray
+        (B, *spatial, Z*N) of x's dtype: what ``forward(..., return_cell=True)``
+        returned for these arguments. The cells are recomputed from x and the
+        stored predecessor states (no gates are stored); a recomputed c or h
+        that disagrees with the given one beyond rounding raises ValueError.
+    variant : {"slstm", "graves"}
+    directions : None, str or sequence
+        As in forward (None: one scan from the origin corner).
+    sizes : numpy.ndarray, optional
+        (B, d) integer valid extents, as in forward.
+    grad_c : numpy.ndarray, optional
+        Gradient of the loss with respect to forward's c (same shape and dtype
+        as grad_h, finite); None means zero.
+    backend : {"auto", "numba", "python"}
+
+    Returns
+    -------
+    grad_x : numpy.ndarray
+        Shape and dtype of x; zero outside each sample's valid region.
+    grad_weights, grad_bias : numpy.ndarray
+        Shape and dtype of the weights and bias arguments.
+
+    Raises
+    ------
+    TypeError
+        An argument is not a numpy array of the right dtype (the error names it).
+    ValueError
+        Wrong shapes, non-finite grad_h/grad_c, bad options, or h/c that do not
+        come from the forward of these arguments.
+
+    Notes
+    -----
+    Boundary states are zero (as in forward). Where a cell state saturates
+    (|c| equals the largest finite float), the derivative of c with respect
+    to its unclipped value is taken as 0. Nothing passed in is written.
+    """
+    x, d = _api._check_x(x)
+    _api._check_choice(variant, "variant", _api.VARIANTS)
+    batch, spatial, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
+    w, b, n = _api._check_params(weights, bias, d, channels, x.dtype)
+    z = w.shape[0]
+    signs = _api.parse_directions(directions, d, count=z)
+    sizes, ragged = _api._check_sizes(sizes, batch, spatial)
+    shape = (batch,) + spatial + (z * n,)
+    _check_array(grad_h, "grad_h", shape, x.dtype)
+    if grad_c is not None:
+        _check_array(grad_c, "grad_c", shape, x.dtype)
+    _check_array(h, "h", shape, x.dtype)
+    _check_array(c, "c", shape, x.dtype)
+    _check_finite(grad_h, "grad_h", sizes if ragged else None)
+    if grad_c is not None:
+        _check_finite(grad_c, "grad_c", sizes if ragged else None)
+    chosen, driver = _api._resolve_backend(backend, (batch, spatial, channels, n, z))
+    item = x.dtype.itemsize
+    padded = batch * math.prod(s + 1 for s in spatial) * n * item
+    _api._check_memory(x.nbytes * 2 + 4 * padded, "backward of x with shape " + str(x.shape))
+    if batch == 0 or 0 in spatial:
+        grad_x, grad_w, grad_b = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)
+    elif chosen == "numba" and _has_kernel():
+        grad_x5, grad_w, grad_b, _, _ = _run_kernel(
+            driver, x, w, b, d, variant, sizes, signs, False, None, None, h, c, grad_h, grad_c)
+        grad_x = grad_x5.reshape(x.shape)
+        if ragged:
+            _api._zero_outside(grad_x, sizes, spatial)
+    else:
+        grad_x, grad_w, grad_b = _reference.backward(
+            x, w, b, grad_h, grad_c, h, c, variant, signs, sizes)
+    return grad_x, _as_given(grad_w, weights), _as_given(grad_b, bias)
+
+
+def backward_inplace(
+    x: np.ndarray,
+    weights: np.ndarray,
+    bias: np.ndarray,
+    h: np.ndarray,
+    c: np.ndarray,
+    grad_h: np.ndarray,
+    *,
+    grad_c: np.ndarray | None = None,
+    variant: str = "slstm",
+    backend: str = "auto",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of a forward_inplace call, including the boundary states.
+
+    The backward of ``forward_inplace(x, weights, bias, h, c,
+    variant=variant)``: one scan from the origin corner over padded state
+    tensors whose index-0 entries (along any spatial axis) are the caller's
+    boundary states.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        (B, *S, C), float32 or float64, 1 to 3 spatial axes.
+    weights, bias : numpy.ndarray
+        One direction: (C + d*N, (3+d)*N) (or (1, ...)) and ((3+d)*N,) (or
+        (1, ...)); cast to x's dtype for the computation.
+    h, c : numpy.ndarray
+        (B, *(S+1), N) of x's dtype: the state tensors as forward_inplace left
+        them (boundary states and the written inner part). Only read. A
+        recomputed c or h that disagrees with them raises ValueError.
+    grad_h : numpy.ndarray
+        (B, *S, N) of x's dtype, finite: gradient of the loss with respect to
+        the written states h[:, 1:, ..., 1:].
+    grad_c : numpy.ndarray, optional
+        The same for c[:, 1:, ..., 1:]; None means zero.
+    variant : {"slstm", "graves"}
+    backend : {"auto", "numba", "python"}
+
+    Returns
+    -------
+    grad_x : numpy.ndarray
+        Shape and dtype of x.
+    grad_weights, grad_bias : numpy.ndarray
+        Shape and dtype of the weights and bias arguments.
+    grad_h_state, grad_c_state : numpy.ndarray
+        (B, *(S+1), N) of x's dtype: gradients with respect to the boundary
+        entries of h and c (index 0 along some spatial axis); inner entries
+        are 0.
+
+    Raises
+    ------
+    TypeError
+        An argument is not a numpy array of the right dtype (the error names it).
+    ValueError
+        Wrong shapes, non-finite grad_h/grad_c, bad options, more than one
+        direction, or h/c that do not come from the forward of these arguments.
+
+    Notes
+    -----
+    Where a cell state saturates (|c| equals the largest finite float), the
+    derivative of c with respect to its unclipped value is taken as 0.
+    Nothing passed in is written.
+    """
+    x, d = _api._check_x(x)
+    _api._check_choice(variant, "variant", _api.VARIANTS)
+    batch, spatial, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
+    w, b, n = _api._check_params(weights, bias, d, channels, x.dtype)
+    if w.shape[0] != 1:
+        raise ValueError(f"weights must hold one direction for backward_inplace, "
+                         f"got Z={w.shape[0]}")
+    state_shape = (batch,) + tuple(s + 1 for s in spatial) + (n,)
+    inner_shape = (batch,) + spatial + (n,)
+    _check_array(h, "h", state_shape, x.dtype)
+    _check_array(c, "c", state_shape, x.dtype)
+    _check_array(grad_h, "grad_h", inner_shape, x.dtype)
+    if grad_c is not None:
+        _check_array(grad_c, "grad_c", inner_shape, x.dtype)
+    _check_finite(grad_h, "grad_h")
+    if grad_c is not None:
+        _check_finite(grad_c, "grad_c")
+    chosen, driver = _api._resolve_backend(backend, (batch, spatial, channels, n, 1))
+    item = x.dtype.itemsize
+    padded = math.prod(state_shape) * item
+    _api._check_memory(x.nbytes + 4 * padded,
+                       "backward_inplace of x with shape " + str(x.shape))
+    if batch == 0 or 0 in spatial:
+        grads = (np.zeros_like(x), np.zeros_like(w[0]), np.zeros_like(b[0]),
+                 np.zeros(state_shape, x.dtype), np.zeros(state_shape, x.dtype))
+    elif chosen == "numba" and _has_kernel():
+        grad_x5, grad_w, grad_b, gh5, gc5 = _run_kernel(
+            driver, x, w, b, d, variant, _api._full_sizes(batch, spatial),
+            _api.parse_directions(None, d), True, h, c, None, None, grad_h, grad_c)
+        grads = (grad_x5.reshape(x.shape), grad_w, grad_b,
+                 gh5.reshape(state_shape), gc5.reshape(state_shape))
+    else:
+        grads = _reference.scan_padded_backward(x, w[0], b[0], h, c, grad_h, grad_c,
+                                                variant)
+    grad_x, grad_w, grad_b, grad_h_state, grad_c_state = grads
+    return (grad_x, _as_given(grad_w, weights), _as_given(grad_b, bias),
+            grad_h_state, grad_c_state)
