@@ -388,3 +388,38 @@ def test_saturated_cells_give_finite_gradients(backend, dtype, variant):
     for g in grads:
         assert np.isfinite(g).all()
     assert not grads[4].any()  # no gradient flows back through a saturated cell
+
+
+# --- layouts and threads ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_arguments(backend):
+    """Non-contiguous x, h, c, grad_h, grad_c give the same gradients."""
+    x, w, b, h, c, gh, gc, kw = setup("2d-4", "graves")
+    want = fastmdlstm.backward(x, w, b, gh, h=h, c=c, grad_c=gc, backend=backend, **kw)
+
+    def strided(a):
+        buf = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        buf[..., ::2] = a
+        return buf[..., ::2]
+
+    args = [strided(a) for a in (x, gh, h, c, gc)]
+    assert not args[0].flags.c_contiguous
+    got = fastmdlstm.backward(args[0], w, b, args[1], h=args[2], c=args[3], grad_c=args[4],
+                              backend=backend, **kw)
+    for g, ref in zip(got, want):
+        np.testing.assert_array_equal(g, ref)
+
+
+@needs_numba
+@pytest.mark.parametrize("name", ["2d-4", "3d-1"])
+def test_numba_independent_of_thread_count(threads, name):
+    x, w, b, h, c, gh, gc, kw = setup(name, "slstm", backend="numba")
+    results = []
+    for t in (1, 2):
+        threads(t)
+        results.append(fastmdlstm.backward(x, w, b, gh, h=h, c=c, grad_c=gc,
+                                           backend="numba", **kw))
+    for g1, g2 in zip(*results):
+        np.testing.assert_array_equal(g1, g2)
