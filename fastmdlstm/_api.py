@@ -4,13 +4,18 @@ Every check runs before anything is written, so a call that raises leaves the
 caller's buffers untouched.
 """
 
+from __future__ import annotations
+
 import functools
 import math
 import os
 import threading
 import warnings
+from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _dispatch, _reference
 
@@ -32,6 +37,15 @@ BACKENDS = ("auto", "numba", "python")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 DIRECTION_NAMES = {"tl": (1, 1), "tr": (1, -1), "bl": (-1, 1), "br": (-1, -1)}
 _warned_no_numba = False
+
+# Types of the public API (Python 3.9: typing's Union, not "|", outside annotations).
+FloatArray = npt.NDArray[np.floating]
+#: directions: a name ("tl"), a sign tuple ((1, -1)), or a sequence of them.
+Direction = Union[str, Sequence[int]]
+Directions = Union[Direction, Sequence[Direction]]
+#: an array, or its shape as a tuple of ints (choose_backend).
+ArrayOrShape = Union[npt.NDArray, Sequence[int]]
+Params = tuple[FloatArray, FloatArray]
 
 
 # --- where a parallel kernel may run ---------------------------------------------
@@ -83,10 +97,32 @@ def _launch(driver, *args):
 # --- argument checks ---------------------------------------------------------
 
 
-def _as_float_array(value, name):
+def _plain_array(value, name):
+    """value itself if it is a numpy.ndarray whose subclass (if any) behaves as
+    one: numpy.memmap is accepted (a file's pages), other subclasses are refused
+    (a masked array's mask or a matrix's 2-D rules would silently be ignored)."""
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
+    if type(value) is not np.ndarray and not isinstance(value, np.memmap):
+        kind = f"{type(value).__module__}.{type(value).__qualname__}"
+        hint = (f"{name}.filled(...) or numpy.asarray({name})"
+                if isinstance(value, np.ma.MaskedArray) else f"numpy.asarray({name})")
+        raise TypeError(f"{name} must be a plain numpy.ndarray, not a subclass ({kind}); "
+                        f"pass {hint} to use its data as they are")
+    return value
+
+
+def _is_float(dtype):
+    """float32 or float64 in any byte order."""
+    return dtype.kind == "f" and dtype.itemsize in (4, 8)
+
+
+def _as_float_array(value, name):
+    value = _plain_array(value, name)
     if value.dtype not in FLOAT_DTYPES:
+        if _is_float(value.dtype):  # non-native byte order: the kernels read it as is
+            raise TypeError(f"{name} has non-native byte order ({value.dtype.str}); convert "
+                            f"it with {name}.astype({value.dtype.newbyteorder('=').name})")
         raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}")
     return value
 
@@ -109,9 +145,8 @@ def _check_x(x):
 def _check_params(weights, bias, d, channels, dtype):
     """weights (Z, C + d*N, (3+d)*N) and bias (Z, (3+d)*N), cast to dtype."""
     for name, value in (("weights", weights), ("bias", bias)):
-        if not isinstance(value, np.ndarray):
-            raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
-        if value.dtype not in FLOAT_DTYPES:
+        _plain_array(value, name)
+        if not _is_float(value.dtype):  # any byte order: cast below like the other float
             raise TypeError(f"{name} must have a float32 or float64 dtype, got {value.dtype}")
     if weights.ndim == 2:
         weights = weights[None]
@@ -150,8 +185,13 @@ def _aligned(a, dtype):
     return out
 
 
-def parse_directions(directions, d, count=None):
-    """Sign tuples (Z, d) for directions given as names or sign tuples."""
+def parse_directions(directions: Directions | None, d: int,
+                     count: int | None = None) -> npt.NDArray[np.int64]:
+    """Sign tuples (Z, d) for directions given as names or sign tuples.
+
+    None means one scan from the origin corner. With count, the number of
+    directions must equal it. Raises TypeError or ValueError naming directions.
+    """
     try:  # the common spellings are parsed once (a forward call is ~20 us at B=1);
         # the key keeps each sign's type so that True or 1.0 never hit the entry of 1
         key = None if directions is None else tuple(
@@ -223,7 +263,9 @@ def _check_sizes(sizes, batch, spatial):
     d = len(spatial)
     if sizes is None:
         return _full_sizes(batch, spatial), False
-    if not isinstance(sizes, np.ndarray):
+    if isinstance(sizes, np.ndarray):
+        _plain_array(sizes, "sizes")
+    else:
         try:
             sizes = np.asarray(sizes)
         except Exception:
@@ -270,18 +312,53 @@ def _check_memory(nbytes, what):
 
 
 def _check_buffer(buf, name, shape, dtype, others):
-    if not isinstance(buf, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(buf).__name__}")
+    _plain_array(buf, name)
     if buf.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype} (that of x), got {buf.dtype}")
     if buf.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {buf.shape}")
     if not buf.flags.writeable:
         raise ValueError(f"{name} is read-only")
+    if _self_overlaps(buf):
+        raise ValueError(f"{name} overlaps itself: its strides {buf.strides} map several "
+                         "elements to the same memory (a broadcast or as_strided view); "
+                         f"pass a buffer with one element per address, e.g. {name}.copy()")
     for other_name, other in others:
         if _overlaps(buf, other):
             raise ValueError(f"{name} must not share memory with {other_name}")
     return buf
+
+
+# Above this many elements a buffer that fails the quick test below is refused
+# instead of listing its addresses (8 bytes each).
+SELF_OVERLAP_EXACT_MAX = 2**22
+
+
+def _self_overlaps(a):
+    """Whether two elements of a share memory. Quick: contiguous arrays never do,
+    a zero stride on an axis of extent > 1 always does, and strides that nest
+    (sorted by size, each at least the extent of the axes below it) never do.
+    Otherwise the element addresses are listed and compared (up to
+    SELF_OVERLAP_EXACT_MAX elements; larger ones are assumed to overlap)."""
+    if a.size <= 1 or a.flags.c_contiguous or a.flags.f_contiguous:
+        return False
+    axes = sorted((abs(st), n) for st, n in zip(a.strides, a.shape) if n > 1)
+    if axes[0][0] == 0:
+        return True
+    reach = a.itemsize  # bytes spanned by one element, then by the axes so far
+    for stride, n in axes:
+        if stride < reach:
+            break
+        reach += stride * (n - 1)
+    else:
+        return False
+    if a.size > SELF_OVERLAP_EXACT_MAX:
+        return True
+    offsets = np.zeros((), np.int64)
+    for stride, n in axes:
+        offsets = np.add.outer(offsets, np.arange(n, dtype=np.int64) * stride)
+    offsets = np.sort(offsets, axis=None)
+    return bool((np.diff(offsets) < a.itemsize).any())
 
 
 def _overlaps(a, b):
@@ -329,31 +406,135 @@ def _canonical(a, d):
 # --- public API -----------------------------------------------------------------
 
 
-def choose_backend(x, weights, *, directions=None, backend="auto"):
-    """What forward(x, weights, ...) would run: a Choice(backend, driver, reason).
+def _shape_arg(value, name, lengths):
+    """The shape of value (an array, anything with .shape, or a sequence of ints)
+    as a tuple of non-negative ints of one of the given lengths."""
+    shape = value.shape if hasattr(value, "shape") else value
+    try:
+        entries = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be an array or a shape tuple, "
+                        f"got {type(value).__name__}") from None
+    if isinstance(shape, (str, bytes)) or any(
+            isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))
+            or v < 0 for v in entries):
+        raise ValueError(f"{name}: a shape must hold integers >= 0, got {shape!r}")
+    if len(entries) not in lengths:
+        raise ValueError(f"{name}: shape {entries} must have "
+                         f"{' or '.join(map(str, lengths))} entries")
+    return tuple(int(v) for v in entries)
 
-    x and weights may be arrays (anything with a .shape) or shape tuples.
+
+def choose_backend(x: ArrayOrShape, weights: ArrayOrShape, *,
+                   directions: Directions | None = None,
+                   backend: str = "auto") -> _dispatch.Choice:
+    """What ``forward(x, weights, bias, ...)`` would run, and why.
+
+    Parameters
+    ----------
+    x : ndarray or tuple of int
+        The input, or its shape (B, *spatial, C) with 1 to 3 spatial axes.
+    weights : ndarray or tuple of int
+        The weights, or their shape (Z, C + d*N, (3+d)*N) or (C + d*N, (3+d)*N).
+    directions : optional
+        As for `forward`; its count must match Z.
+    backend : {"auto", "numba", "python"}
+        As for `forward`.
+
+    Returns
+    -------
+    Choice
+        A named tuple (backend, driver, reason): backend "numba" or "python",
+        driver "serial", "batch", "wavefront" (numba) or "reference" (python),
+        and the condition that decided it.
+
+    Raises
+    ------
+    TypeError
+        x or weights is neither an array nor a sequence.
+    ValueError
+        A shape holds negative or non-integer entries or does not fit a d-D
+        cell (the message names x or weights), bad directions or backend.
     """
-    shape = tuple(int(v) for v in (x.shape if hasattr(x, "shape") else x))
-    w_shape = tuple(int(v) for v in (weights.shape if hasattr(weights, "shape") else weights))
-    if not 3 <= len(shape) <= 5:
-        raise ValueError(f"x must have shape (B, *spatial, C), got {shape}")
+    shape = _shape_arg(x, "x", (3, 4, 5))
     d = len(shape) - 2
+    w_shape = _shape_arg(weights, "weights", (2, 3))
     z = 1 if len(w_shape) == 2 else w_shape[0]
+    rows, gates = w_shape[-2:]
+    if z == 0 or gates == 0 or gates % (3 + d):
+        raise ValueError(f"weights: shape {w_shape} does not fit a {d}-D cell: it needs "
+                         f"Z >= 1 and {3 + d}*N columns with N >= 1")
+    n = gates // (3 + d)
+    if rows != shape[-1] + d * n:
+        raise ValueError(f"weights: shape {w_shape} has {rows} rows; x has {shape[-1]} "
+                         f"channels and N={n}, so a {d}-D cell needs {shape[-1] + d * n}")
     if directions is not None:
-        z = len(parse_directions(directions, d))
-    n = w_shape[-1] // (3 + d)
+        parse_directions(directions, d, count=z)
     return _resolve_backend(backend, (shape[0], shape[1:-1], shape[-1], n, z), explain=True)
 
 
-def forward(x, weights, bias, *, variant="slstm", directions=None, sizes=None,
-            backend="auto", out=None, return_cell=False):
+def forward(x: FloatArray, weights: FloatArray, bias: FloatArray, *,
+            variant: str = "slstm", directions: Directions | None = None,
+            sizes: npt.ArrayLike | None = None, backend: str = "auto",
+            out: FloatArray | None = None,
+            return_cell: bool = False) -> FloatArray | tuple[FloatArray, FloatArray]:
     """Multi-dimensional LSTM forward over a batch, all directions.
 
-    x (B, *spatial, C) float32/float64 with 1-3 spatial axes (any strides);
-    weights (Z, C + d*N, (3+d)*N) or 2-D for Z=1; bias (Z, (3+d)*N) or 1-D.
-    Float parameters of the other dtype are cast to x's dtype.
-    Returns h (B, *spatial, Z*N), or (h, c) if return_cell.
+    Parameters
+    ----------
+    x : ndarray, shape (B, *spatial, C)
+        float32 or float64, 1 to 3 spatial axes (d = x.ndim - 2), any strides.
+        The computation runs in x's dtype.
+    weights : ndarray, shape (Z, C + d*N, (3+d)*N), or (C + d*N, (3+d)*N) for Z = 1
+        Per direction: rows for the C input channels, then N rows per spatial
+        axis (applied to h from the previous position along that axis); column
+        blocks (N wide) g, o, i, f_axis0, ..., f_axis(d-1). float32/float64 in
+        any byte order; cast to x's dtype (a small copy) when it differs.
+    bias : ndarray, shape (Z, (3+d)*N), or ((3+d)*N,) for Z = 1
+        Float, cast like weights.
+    variant : {"slstm", "graves"}
+        h = tanh(c * o) ("slstm", Theis & Bethge) or h = o * tanh(c) ("graves").
+    directions : str, tuple of int, or a sequence of them, optional
+        The corner each of the Z scans starts from, one per weights[z]: names
+        "tl", "tr", "bl", "br" (2-D only) or sign tuples of d entries +1/-1
+        (+1 scans forward along that axis). Default: one scan from the origin
+        corner, (1,) * d. The count must equal Z.
+    sizes : array of int, shape (B, d), optional
+        Each sample's valid extent at the origin corner of the padded batch,
+        1 <= sizes[b, k] <= spatial[k]. Outside it h and c are exactly 0 and x
+        is not read. Default: every sample fills the batch's spatial shape.
+    backend : {"auto", "numba", "python"}
+        "numba": the compiled kernels; "python": the NumPy reference; "auto":
+        the dispatcher's choice (see `choose_backend`).
+    out : ndarray, shape (B, *spatial, Z*N), optional
+        A writeable buffer of x's dtype to fill and return (never cast). It must
+        not share memory with x, weights or bias, nor overlap itself.
+    return_cell : bool
+        Also return the cell states c.
+
+    Returns
+    -------
+    h : ndarray, shape (B, *spatial, Z*N)
+        Hidden states of x's dtype; direction z in channels [z*N, (z+1)*N).
+        `out` itself when given.
+    (h, c) : tuple of ndarray
+        When return_cell is True; c has h's shape and layout.
+
+    Raises
+    ------
+    TypeError
+        An argument has the wrong type or dtype: not a numpy.ndarray, a numpy
+        subclass other than numpy.memmap (masked array, matrix), an integer,
+        float16 or complex dtype, out of another dtype than x, non-integer sizes.
+    ValueError
+        Wrong shapes or ndim, unknown variant, backend or direction, a
+        direction count other than Z, sizes out of range, out read-only or
+        overlapping x, the parameters or itself. Messages name the argument.
+    MemoryError
+        The call needs more memory than is available (raised before allocating).
+
+    Every check runs before anything is written: a call that raises leaves
+    out untouched.
     """
     x, d = _check_x(x)
     _check_choice(variant, "variant", VARIANTS)
@@ -426,13 +607,45 @@ def _run_forward_kernel(driver, x, w, b, d, variant, signs, sizes, ragged, out, 
             _zero_outside(cell, sizes, x.shape[1:-1])
 
 
-def forward_inplace(x, weights, bias, h, c, *, variant="slstm", backend="auto"):
+def forward_inplace(x: FloatArray, weights: FloatArray, bias: FloatArray,
+                    h: FloatArray, c: FloatArray, *, variant: str = "slstm",
+                    backend: str = "auto") -> None:
     """One scan from the origin corner, in place over preallocated states.
 
-    x (B, *S, C); weights (C + d*N, (3+d)*N) (or (1, ...)); bias ((3+d)*N,);
-    h, c (B, *(S+1), N) of x's dtype. Index 0 along each spatial axis holds the
-    boundary states (only read); h[:, 1:, 1:] and c[:, 1:, 1:] (2-D) are
-    written. Returns None. Allocates nothing that grows with the image.
+    Allocates nothing that grows with the image: reuse h and c across calls.
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, *S, C)
+        float32 or float64, 1 to 3 spatial axes S (d = len(S)), any strides.
+    weights : ndarray, shape (C + d*N, (3+d)*N) or (1, C + d*N, (3+d)*N)
+        One direction's weights (layout as in `forward`); cast to x's dtype.
+    bias : ndarray, shape ((3+d)*N,) or (1, (3+d)*N)
+        Cast to x's dtype.
+    h, c : ndarray, shape (B, *(S + 1), N)
+        Writeable state tensors of x's dtype. Index 0 along each spatial axis
+        holds the boundary states (only read); the rest is written: in 2-D
+        h[:, 1:, 1:] and c[:, 1:, 1:]. They must not share memory with x, the
+        parameters or each other, nor overlap themselves (interleaved views
+        such as buf[..., ::2] and buf[..., 1::2] are fine).
+    variant : {"slstm", "graves"}
+        As in `forward`.
+    backend : {"auto", "numba", "python"}
+        As in `forward`.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        As in `forward` (for x, weights, bias, h and c).
+    ValueError
+        Wrong shapes, weights of more than one direction, unknown variant or
+        backend, h or c read-only or overlapping another argument or itself.
+
+    Every check runs before anything is written.
     """
     x, d = _check_x(x)
     _check_choice(variant, "variant", VARIANTS)
@@ -459,16 +672,45 @@ def forward_inplace(x, weights, bias, h, c, *, variant="slstm", backend="auto"):
     return None
 
 
-def init_params(input_size, hidden_size, *, directions=1, dtype=np.float32,
-                seed=None, ndim=2):
-    """Weights (Z, C + d*N, (3+d)*N) and bias (Z, (3+d)*N) for a fresh layer.
+def init_params(input_size: int, hidden_size: int, *,
+                directions: int | Directions = 1, dtype: npt.DTypeLike = np.float32,
+                seed: int | np.random.SeedSequence | None = None,
+                ndim: int = 2) -> Params:
+    """Weights and bias for a fresh layer.
 
     Weights ~ U(-1/sqrt(N), 1/sqrt(N)) (the PyTorch LSTM convention). Biases
     are zero except the forget gates': 1 for d = 1 (the usual LSTM choice), and
     -log(d - 1) for d >= 2, so that the d forget gates start at 1/d each and sum
     to 1. (With +1 each, two summed gates of 0.73 would grow |c| like
-    1.46^(H+W): float32 overflows on a 128x128 image.) directions: a count Z or
-    a sequence. Reproducible with seed (numpy.random.default_rng).
+    1.46^(H+W): float32 overflows on a 128x128 image.)
+
+    Parameters
+    ----------
+    input_size : int
+        C, the input channels (>= 1).
+    hidden_size : int
+        N, the hidden units per direction (>= 1).
+    directions : int or directions
+        Z as a count, or the directions themselves (only their count is used;
+        validated for ndim).
+    dtype : float32 or float64
+    seed : optional
+        Anything numpy.random.default_rng accepts; the same seed gives the same
+        parameters.
+    ndim : {1, 2, 3}
+        d, the number of spatial axes.
+
+    Returns
+    -------
+    weights : ndarray, shape (Z, C + d*N, (3+d)*N)
+    bias : ndarray, shape (Z, (3+d)*N)
+
+    Raises
+    ------
+    TypeError
+        input_size or hidden_size not an int, dtype not float32/float64.
+    ValueError
+        A size < 1, ndim not 1-3, bad directions.
     """
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):

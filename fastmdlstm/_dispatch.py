@@ -80,21 +80,47 @@ def pick(batch, spatial, channels, hidden, directions, threads, have_numba):
     return "numba", ("batch" if pairs > 1 else "serial")
 
 
+def _no_wavefront(spatial, macs, threads):
+    """Why a scan's work is not shared out (the wavefront's conditions that failed)."""
+    d = len(spatial)
+    if d == 1:
+        return "a 1-D scan has no cells to share between threads"
+    if macs < WAVEFRONT_MIN_MACS:
+        return (f"{macs} multiply-adds < {WAVEFRONT_MIN_MACS}: sharing out the cells of "
+                "a scan would cost more than it saves")
+    blocks = tile_blocks(spatial[1], GROUP, threads)
+    return (f"a width of {spatial[1]} makes {blocks} blocks of steps per strip (< 3): "
+            "a tile diagonal would hold one tile")
+
+
 def choose(batch, spatial, channels, hidden, directions, threads, have_numba):
-    """The auto choice for a problem of the given sizes, with the reason."""
+    """The auto choice for a problem of the given sizes, with the reason: the
+    condition that decided it (the branches of pick(), in the same order)."""
     backend, driver = pick(batch, spatial, channels, hidden, directions, threads, have_numba)
     if backend == "python":
         return Choice(backend, driver,
                       "numba cannot be imported; using the pure-Python fallback")
     macs, pairs = work(batch, spatial, channels, hidden, directions)
-    reasons = {
-        "serial": (f"{macs} multiply-adds < {PARALLEL_MIN_MACS}, or one thread, or one "
-                   f"(sample, direction) pair and < {WAVEFRONT_MIN_MACS} multiply-adds: "
-                   "a parallel region would cost more than it saves"),
-        "batch": (f"{pairs} (sample, direction) pairs for {threads} threads and {macs} "
-                  "multiply-adds: threads take whole scans in one parallel region"),
-        "wavefront": (f"{pairs} (sample, direction) pairs < {threads} threads and {macs} "
-                      f"multiply-adds >= {WAVEFRONT_MIN_MACS}: threads share the tiles of "
-                      "each tile diagonal (the cells of each plane in 3-D)"),
-    }
-    return Choice(backend, driver, reasons[driver])
+    pair_s = "pair" if pairs == 1 else "pairs"
+    if threads <= 1:
+        reason = "one numba thread: nothing runs in parallel"
+    elif macs < PARALLEL_MIN_MACS:
+        reason = (f"{macs} multiply-adds < {PARALLEL_MIN_MACS}: a parallel region would "
+                  "cost more than it saves")
+    elif pairs >= threads:
+        reason = (f"{pairs} (sample, direction) {pair_s} >= {threads} threads: threads "
+                  "take whole scans in one parallel region")
+    elif driver == "wavefront":
+        share = ("the cells of each anti-diagonal plane" if len(spatial) == 3 else
+                 f"the tiles of each tile diagonal "
+                 f"({tile_blocks(spatial[1], GROUP, threads)} blocks of steps per strip)")
+        reason = (f"{pairs} (sample, direction) {pair_s} < {threads} threads and {macs} "
+                  f"multiply-adds >= {WAVEFRONT_MIN_MACS}: threads share {share}")
+    else:
+        why = _no_wavefront(spatial, macs, threads)
+        if driver == "batch":
+            reason = (f"{pairs} (sample, direction) pairs < {threads} threads, but {why}; "
+                      "threads take whole scans in one parallel region")
+        else:
+            reason = f"one (sample, direction) pair, and {why}"
+    return Choice(backend, driver, reason)

@@ -1,6 +1,8 @@
 """Malformed calls raise ValueError/TypeError naming the argument, and leave
 every caller buffer untouched."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -164,3 +166,141 @@ def test_buffers_must_not_overlap_parameters_but_interleaved_views_are_fine():
     buf = np.zeros((2, 4, 5, 6))
     fastmdlstm.forward_inplace(x, w, b, buf[..., ::2], buf[..., 1::2])  # interleaved: fine
     assert buf[:, 1:, 1:].any()
+
+
+# --- numpy subclasses, byte order, buffers that overlap themselves (issue 10) ----------
+
+
+def _masked(a):
+    return np.ma.masked_array(a, mask=np.zeros(a.shape, bool))
+
+
+def _self_overlapping(shape, strides_bytes):
+    """A writeable view of a fresh buffer with the given strides (in bytes)."""
+    base = np.zeros(4096)
+    return np.lib.stride_tricks.as_strided(base, shape, strides_bytes, writeable=True)
+
+
+def _subclass_and_overlap_cases():
+    x, w, b = good()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # numpy.matrix
+        w_matrix, b_matrix = np.asmatrix(w[0]), np.asmatrix(b)
+    return {
+        "x masked": (TypeError, "x must be a plain numpy.ndarray", dict(x=_masked(x))),
+        "weights masked": (TypeError, "weights must be a plain", dict(weights=_masked(w))),
+        "weights matrix": (TypeError, "weights must be a plain",
+                           dict(weights=w_matrix)),
+        "bias matrix": (TypeError, "bias must be a plain", dict(bias=b_matrix)),
+        "sizes masked": (TypeError, "sizes must be a plain",
+                         dict(sizes=_masked(np.array([[3, 4], [2, 2]])))),
+        "out masked": (TypeError, "out must be a plain",
+                       dict(out=_masked(np.zeros((2, 3, 4, 3))))),
+        "x big-endian": (TypeError, "x has non-native byte order", dict(x=x.astype(">f8"))),
+        "out big-endian": (TypeError, "out", dict(out=np.zeros((2, 3, 4, 3), ">f8"))),
+        "out stride 0": (ValueError, "out overlaps itself",
+                         dict(out=_self_overlapping((2, 3, 4, 3), (0, 96, 24, 8)))),
+        "out stride 0 last": (ValueError, "out overlaps itself",
+                              dict(out=_self_overlapping((2, 3, 4, 3), (288, 96, 24, 0)))),
+        "out strides interleave": (ValueError, "out overlaps itself",
+                                   dict(out=_self_overlapping((2, 3, 4, 3), (96, 32, 8, 8)))),
+    }
+
+
+SUBCLASS_CASES = _subclass_and_overlap_cases()
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("backend", ["python", "numba"])
+@pytest.mark.parametrize("name", list(SUBCLASS_CASES))
+def test_forward_refuses_subclasses_and_self_overlap_before_writing(name, backend):
+    if backend == "numba" and not fastmdlstm.HAVE_NUMBA:
+        pytest.skip("numba cannot be imported")
+    error, match, changes = SUBCLASS_CASES[name]
+    x, w, b = good()
+    kwargs = dict(x=x, weights=w, bias=b, out=np.full((2, 3, 4, 3), 7.0), backend=backend)
+    kwargs.update(changes)
+    out = kwargs["out"]
+    before = np.array(out, copy=True)
+    with pytest.raises(error, match=match):
+        fastmdlstm.forward(kwargs.pop("x"), kwargs.pop("weights"), kwargs.pop("bias"),
+                           **kwargs)
+    np.testing.assert_array_equal(np.asarray(out), before)  # nothing written
+
+
+@pytest.mark.parametrize("backend", ["python", "numba"])
+@pytest.mark.parametrize("which, view, match", [
+    ("h", lambda: _self_overlapping((2, 4, 5, 3), (0, 120, 24, 8)), "h overlaps itself"),
+    ("c", lambda: _self_overlapping((2, 4, 5, 3), (480, 120, 24, 0)), "c overlaps itself"),
+    ("c", lambda: _self_overlapping((2, 4, 5, 3), (480, 120, 16, 8)), "c overlaps itself"),
+    ("h", lambda: _masked(np.zeros((2, 4, 5, 3))), "h must be a plain"),
+])
+def test_forward_inplace_refuses_self_overlapping_states(which, view, match, backend):
+    if backend == "numba" and not fastmdlstm.HAVE_NUMBA:
+        pytest.skip("numba cannot be imported")
+    x, w, b = good()
+    states = {"h": np.full((2, 4, 5, 3), 0.25), "c": np.full((2, 4, 5, 3), -0.5)}
+    states[which] = view()
+    states[which][...] = 3.0
+    error = TypeError if "plain" in match else ValueError
+    with pytest.raises(error, match=match):
+        fastmdlstm.forward_inplace(x, w, b, states["h"], states["c"], backend=backend)
+    assert (np.asarray(states[which]) == 3.0).all()
+
+
+def test_self_overlap_test_is_exact_where_the_quick_test_cannot_decide():
+    from fastmdlstm._api import _self_overlaps
+    buf = np.zeros((2, 4, 5, 6))
+    assert not _self_overlaps(buf[..., ::2]) and not _self_overlaps(buf[:, ::-1, :, 1::2])
+    assert not _self_overlaps(np.zeros((3, 4)).T)
+    assert _self_overlaps(np.broadcast_to(np.zeros(3), (2, 3)))
+    # 3 x 2 elements at byte offsets {0, 16, 32} + {0, 24}: all distinct, not nested
+    assert not _self_overlaps(_self_overlapping((3, 2), (16, 24)))
+    # {0, 16, 32} + {0, 32, 64}: 32 twice
+    assert _self_overlaps(_self_overlapping((3, 3), (16, 32)))
+    assert not _self_overlaps(_self_overlapping((1, 5), (0, 8)))  # extent 1: stride unused
+
+
+def test_memmap_and_byte_swapped_parameters_are_accepted(tmp_path):
+    x, w, b = good()
+    expected = fastmdlstm.forward(x, w, b)
+    mapped = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=x.dtype,
+                                       shape=x.shape)
+    mapped[...] = x
+    out = np.lib.format.open_memmap(tmp_path / "h.npy", mode="w+", dtype=x.dtype,
+                                    shape=expected.shape)
+    assert fastmdlstm.forward(mapped, w, b, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    # weights/bias of either float dtype and byte order are cast to x's dtype
+    swapped = fastmdlstm.forward(x, w.astype(">f8"), b.astype(">f4"))
+    np.testing.assert_allclose(swapped, fastmdlstm.forward(x, w, b.astype(np.float32)),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("x, weights, match", [
+    ((2, -3, 4, 2), (1, 8, 15), "x: a shape must hold integers >= 0"),
+    ((-1, 3, 4, 2), (8, 15), "x: a shape"),
+    ((2, 3.5, 4, 2), (8, 15), "x: a shape"),
+    ((2, True, 4, 2), (8, 15), "x: a shape"),
+    ("abcd", (8, 15), "x: a shape"),
+    ((2, 3), (8, 15), "x: shape"),
+    ((2, 3, 4, 2), (1, -8, 15), "weights: a shape"),
+    ((2, 3, 4, 2), (1, 1, 8, 15), "weights: shape .* must have 2 or 3 entries"),
+    ((2, 3, 4, 2), (15,), "weights: shape"),
+    ((2, 3, 4, 2), (1, 8, 14), "weights: shape .* does not fit a 2-D cell"),
+    ((2, 3, 4, 2), (0, 8, 15), "weights: shape .* does not fit"),
+    ((2, 3, 4, 2), (1, 8, 0), "weights: shape .* does not fit"),
+    ((2, 3, 4, 2), (1, 9, 15), "weights: shape .* has 9 rows"),
+])
+def test_choose_backend_refuses_invalid_shapes(x, weights, match):
+    with pytest.raises(ValueError, match=match):
+        fastmdlstm.choose_backend(x, weights)
+
+
+def test_choose_backend_checks_directions_against_weights():
+    with pytest.raises(ValueError, match="directions"):
+        fastmdlstm.choose_backend((2, 3, 4, 2), (1, 8, 15), directions=["tl", "br"])
+    with pytest.raises(TypeError, match="x must be an array or a shape"):
+        fastmdlstm.choose_backend(5, (8, 15))
+    assert fastmdlstm.choose_backend((0, 3, 4, 2), (2, 8, 15),
+                                     directions=["tl", "br"]).backend

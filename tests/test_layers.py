@@ -92,3 +92,27 @@ def test_dispatch_rules():
     assert driver(4, (16, 16), 4, 16, threads=16) == "batch"   # 4 pairs on 16 threads
     assert driver(64, (28, 28), 1, 32, threads=1) == "serial"
     assert _dispatch.choose(64, (28, 28), 1, 32, 1, 2, False).backend == "python"
+
+
+def test_dispatch_reason_states_the_condition_that_applied():
+    def reason(batch, spatial, c, n, z=1, threads=2):
+        return _dispatch.choose(batch, spatial, c, n, z, threads, True).reason
+    tiny = reason(1, (8, 8), 1, 8)  # 43520 multiply-adds: above the parallel threshold
+    assert "43520 multiply-adds < 10000000" in tiny and "< 10000:" not in tiny
+    assert " or " not in tiny
+    assert reason(2, (2, 2), 1, 4).startswith("1440 multiply-adds < 10000:")
+    assert reason(64, (28, 28), 1, 32, threads=1) == "one numba thread: nothing runs in parallel"
+    assert reason(2, (4, 4), 1, 8).startswith("2 (sample, direction) pairs >= 2 threads")
+    assert "1-D scan" in reason(1, (1_000_000,), 16, 32)
+    assert "2 blocks of steps per strip" in reason(1, (40, 40), 16, 32)
+    assert "anti-diagonal plane" in reason(1, (8, 16, 16), 8, 16)
+    assert "tile diagonal" in reason(1, (256, 256), 16, 32)
+    assert reason(4, (16, 16), 4, 16, threads=16).startswith("4 (sample, direction) pairs < 16")
+    # every reason agrees with the driver the hot path picks
+    for batch in (1, 2, 3):
+        for spatial in ((8,), (300,), (8, 8), (40, 40), (64, 64), (4, 8, 8), (8, 16, 16)):
+            for n in (4, 32):
+                for threads in (1, 2, 4):
+                    args = (batch, spatial, 8, n, 1, threads, True)
+                    choice = _dispatch.choose(*args)
+                    assert choice[:2] == _dispatch.pick(*args) and choice.reason
