@@ -1,5 +1,6 @@
 """fastmdlstm: Numba-accelerated multi-dimensional LSTMs (Spatial LSTM, MDLSTM)."""
 
+from . import _cachedir  # noqa: F401  (first: where a source checkout caches kernels)
 from ._api import (
     HAVE_NUMBA,
     choose_backend,
