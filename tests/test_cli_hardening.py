@@ -410,7 +410,9 @@ def test_info_does_not_point_at_files_an_installed_package_lacks(capsys):
 
 
 def test_a_source_checkout_caches_kernels_outside_the_tree(tmp_path):
-    pytest.importorskip("numba")
+    numba = pytest.importorskip("numba")
+    if numba.config.DISABLE_JIT:
+        pytest.skip("no compiled code to cache under NUMBA_DISABLE_JIT")
     package = os.path.dirname(os.path.abspath(fastmdlstm.__file__))
     if not os.path.exists(os.path.join(os.path.dirname(package), ".git")):
         pytest.skip("fastmdlstm is not imported from a git checkout")
