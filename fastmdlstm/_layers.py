@@ -1,60 +1,251 @@
 """Layer objects: parameters plus configuration, saved to one .npz file."""
 
+from __future__ import annotations
+
+import io
 import json
+import math
+import os
+import zipfile
 
 import numpy as np
+import numpy.typing as npt
 
-from ._api import FLOAT_DTYPES, VARIANTS, _check_choice, forward, init_params, parse_directions
+from ._api import (
+    FLOAT_DTYPES,
+    VARIANTS,
+    Directions,
+    FloatArray,
+    _check_choice,
+    _check_memory,
+    _is_float,
+    _plain_array,
+    forward,
+    init_params,
+    parse_directions,
+)
 
 FORMAT_VERSION = 1
+
+# Limits on what a model file may claim, checked before reading its arrays.
+MAX_SIZE = 2**24        # input_size, hidden_size
+MAX_DIRECTIONS = 64     # Z
+MAX_META_BYTES = 2**16  # the JSON metadata member
+MEMBERS = ("meta", "weights", "bias")
+
+
+class _ModelFileError(ValueError):
+    """A problem with a model file's content, already described with its name."""
+
+
+def _resolve_ndim(cls, ndim, directions):
+    """d from the class, else the argument, else the directions (names: 2-D)."""
+    if ndim is None:
+        ndim = cls.ndim
+    if ndim is None and directions is not None:
+        entries = [directions] if isinstance(directions, str) else list(directions)
+        if entries and all(isinstance(e, (int, np.integer)) for e in entries):
+            ndim = len(entries)  # one sign tuple given on its own
+        elif entries and isinstance(entries[0], str):
+            ndim = 2  # corner names exist only in 2-D
+        elif entries and isinstance(entries[0], (tuple, list)):
+            ndim = len(entries[0])
+    if ndim is None:
+        raise ValueError("ndim must be given (1, 2 or 3) for a generic MDLSTM")
+    if isinstance(ndim, (bool, np.bool_)) or not isinstance(ndim, (int, np.integer)) \
+            or not 1 <= ndim <= 3:
+        raise ValueError(f"ndim must be 1, 2 or 3, got {ndim!r}")
+    if cls.ndim is not None and ndim != cls.ndim:
+        raise ValueError(f"ndim must be {cls.ndim} for {cls.__name__}, got {ndim}")
+    return int(ndim)
+
+
+def _directions_tuple(directions, ndim):
+    """The directions as a tuple of names and sign tuples (validated for ndim)."""
+    if directions is None:
+        directions = ("tl",) if ndim == 2 else ((1,) * ndim,)
+    if isinstance(directions, str) or (
+            isinstance(directions, tuple) and directions
+            and all(isinstance(s, (int, np.integer)) for s in directions)):
+        directions = (directions,)  # one direction given on its own
+    parse_directions(directions, ndim)  # validates
+    return tuple(e if isinstance(e, str) else tuple(int(s) for s in e) for e in directions)
 
 
 class MDLSTM:
     """A multi-dimensional LSTM layer over inputs (B, *spatial, C), d = ndim.
 
-    Holds .weights (Z, C + d*N, (3+d)*N) and .bias (Z, (3+d)*N); calling it runs
-    fastmdlstm.forward with the layer's variant and directions.
+    Holds .weights (Z, C + d*N, (3+d)*N) and .bias (Z, (3+d)*N), C-contiguous
+    arrays of the layer's dtype; calling it runs fastmdlstm.forward with the
+    layer's variant and directions. Build one with random parameters
+    (``MDLSTM2D(C, N)``), from given ones (``from_params``) or from a file
+    (``load``).
     """
 
-    ndim = None  # fixed by the subclasses; MDLSTM itself takes it as an argument
+    ndim: int | None = None  # fixed by the subclasses; MDLSTM itself takes it as an argument
 
-    def __init__(self, input_size, hidden_size, *, directions=None, variant="slstm",
-                 dtype=np.float32, seed=None, ndim=None):
-        if ndim is None:
-            ndim = self.ndim
-        if ndim is None:
-            raise ValueError("ndim must be given (1, 2 or 3) for a generic MDLSTM")
-        if self.ndim is not None and ndim != self.ndim:
-            raise ValueError(f"ndim must be {self.ndim} for {type(self).__name__}, got {ndim}")
+    def __init__(self, input_size: int, hidden_size: int, *,
+                 directions: Directions | None = None, variant: str = "slstm",
+                 dtype: npt.DTypeLike = np.float32,
+                 seed: int | np.random.SeedSequence | None = None,
+                 ndim: int | None = None) -> None:
+        """A layer with fresh parameters from `fastmdlstm.init_params`.
+
+        Parameters
+        ----------
+        input_size : int
+            C, the input channels (>= 1).
+        hidden_size : int
+            N, the hidden units per direction (>= 1); the output has Z*N channels.
+        directions : optional
+            The scans (names "tl", "tr", "bl", "br" in 2-D, or sign tuples of d
+            entries), one weight set each. Default: ("tl",) in 2-D, else
+            ((1,) * d,).
+        variant : {"slstm", "graves"}
+            The cell output rule (see `fastmdlstm.forward`).
+        dtype : float32 or float64
+            Of the parameters, and so of the computation's expected input.
+        seed : optional
+            For numpy.random.default_rng: the same seed, the same parameters.
+        ndim : {1, 2, 3}, optional
+            d; required for MDLSTM itself, fixed by MDLSTM2D / MDLSTM3D.
+
+        Raises
+        ------
+        TypeError
+            Sizes that are not ints, a dtype other than float32/float64.
+        ValueError
+            Sizes < 1, an ndim that is not 1-3 or not the class's, an unknown
+            variant, bad directions.
+        """
+        ndim = _resolve_ndim(type(self), ndim, directions)
         _check_choice(variant, "variant", VARIANTS)
-        if directions is None:
-            directions = ("tl",) if ndim == 2 else ((1,) * ndim,)
-        if isinstance(directions, str):
-            directions = (directions,)
-        parse_directions(directions, ndim)  # validates
-        self.directions = tuple(d if isinstance(d, str) else tuple(int(s) for s in d)
-                                for d in directions)
+        directions = _directions_tuple(directions, ndim)
+        weights, bias = init_params(input_size, hidden_size, directions=len(directions),
+                                    dtype=dtype, seed=seed, ndim=ndim)
+        self._configure(weights, bias, directions, variant, ndim, dtype)
+
+    @classmethod
+    def from_params(cls, weights: FloatArray, bias: FloatArray, *,
+                    directions: Directions | None = None, variant: str = "slstm",
+                    dtype: npt.DTypeLike | None = None, ndim: int | None = None) -> MDLSTM:
+        """A layer holding the given parameters (copied).
+
+        Parameters
+        ----------
+        weights : ndarray, shape (Z, C + d*N, (3+d)*N), or (C + d*N, (3+d)*N) for Z = 1
+            float32 or float64 in either byte order (layout: `fastmdlstm.forward`).
+        bias : ndarray, shape (Z, (3+d)*N), or ((3+d)*N,) for Z = 1
+            float32 or float64 in either byte order.
+        directions : optional
+            Z directions (names or sign tuples), as for `__init__`.
+        variant : {"slstm", "graves"}
+        dtype : float32 or float64, optional
+            Of the layer; default: the weights' float dtype (in native byte order).
+        ndim : {1, 2, 3}, optional
+            d; for MDLSTM itself taken from the directions when not given.
+
+        Returns
+        -------
+        MDLSTM
+            An instance of the class it is called on; input_size and
+            hidden_size are read from the shapes.
+
+        Raises
+        ------
+        TypeError
+            weights or bias not a float32/float64 numpy.ndarray (subclasses other
+            than numpy.memmap are refused), dtype not float32/float64.
+        ValueError
+            Shapes that do not fit a d-D cell of Z directions, bad directions,
+            variant or ndim.
+        """
+        ndim = _resolve_ndim(cls, ndim, directions)
+        _check_choice(variant, "variant", VARIANTS)
+        directions = _directions_tuple(directions, ndim)
+        layer = cls.__new__(cls)
+        layer._configure(weights, bias, directions, variant, ndim, dtype)
+        return layer
+
+    def _configure(self, weights, bias, directions, variant, ndim, dtype):
+        """Set the layer's state from checked configuration and unchecked arrays;
+        the one place that decides what a layer holds (``__init__``,
+        ``from_params`` and ``load`` all come here)."""
+        for name, value in (("weights", weights), ("bias", bias)):
+            _plain_array(value, name)
+            if not _is_float(value.dtype):
+                raise TypeError(f"{name} must have a float32 or float64 dtype, "
+                                f"got {value.dtype}")
+        dtype = np.dtype(weights.dtype.newbyteorder("=") if dtype is None else dtype)
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        z, d = len(directions), ndim
+        if weights.ndim == 2 and z == 1:
+            weights = weights[None]
+        if bias.ndim == 1 and z == 1:
+            bias = bias[None]
+        if weights.ndim != 3 or weights.shape[0] != z:
+            raise ValueError(f"weights must have shape (Z, C + {d}*N, {3 + d}*N) with "
+                             f"Z={z} directions, got {weights.shape}")
+        gates = weights.shape[2]
+        n = gates // (3 + d)
+        input_size = weights.shape[1] - d * n
+        if n < 1 or gates % (3 + d) or input_size < 1:
+            raise ValueError(f"weights {weights.shape} do not fit a {d}-D cell: it needs "
+                             f"(Z, C + {d}*N, {3 + d}*N) with C, N >= 1")
+        if bias.shape != (z, gates):
+            raise ValueError(f"bias must have shape ({z}, {gates}) to match weights "
+                             f"{weights.shape}, got {bias.shape}")
+        self._ndim = ndim
+        self.directions = directions
         self.variant = variant
         self.input_size = int(input_size)
-        self.hidden_size = int(hidden_size)
-        self._ndim = int(ndim)
-        self.weights, self.bias = init_params(
-            input_size, hidden_size, directions=len(self.directions), dtype=dtype,
-            seed=seed, ndim=ndim)
+        self.hidden_size = int(n)
+        self.weights = np.array(weights, dtype=dtype, order="C", copy=True)
+        self.bias = np.array(bias, dtype=dtype, order="C", copy=True)
 
     @property
-    def spatial_ndim(self):
+    def spatial_ndim(self) -> int:
+        """d, the number of spatial axes of the inputs."""
         return self._ndim
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
+        """The parameters' dtype."""
         return self.weights.dtype
 
     @property
-    def output_size(self):
+    def output_size(self) -> int:
+        """Z*N, the channels of the output."""
         return len(self.directions) * self.hidden_size
 
-    def __call__(self, x, sizes=None, backend="auto", out=None):
+    def __call__(self, x: FloatArray, sizes: npt.ArrayLike | None = None,
+                 backend: str = "auto", out: FloatArray | None = None) -> FloatArray:
+        """The layer's forward: ``fastmdlstm.forward`` with its parameters,
+        variant and directions.
+
+        Parameters
+        ----------
+        x : ndarray, shape (B, *spatial, C)
+            float32 or float64 with d = spatial_ndim spatial axes and C =
+            input_size channels. The parameters are cast to x's dtype if it differs.
+        sizes : array of int, shape (B, d), optional
+            Each sample's valid extent (see `fastmdlstm.forward`).
+        backend : {"auto", "numba", "python"}
+        out : ndarray, shape (B, *spatial, Z*N), optional
+            A buffer of x's dtype to fill and return.
+
+        Returns
+        -------
+        ndarray, shape (B, *spatial, Z*N)
+            The hidden states, directions concatenated along the channel axis.
+
+        Raises
+        ------
+        TypeError, ValueError, MemoryError
+            As `fastmdlstm.forward` (an x with the wrong number of spatial
+            axes: ValueError naming x).
+        """
         if isinstance(x, np.ndarray) and x.ndim != self._ndim + 2:
             raise ValueError(f"x must have shape (B, *{self._ndim} spatial axes, C), "
                              f"got ndim={x.ndim}")
@@ -66,53 +257,193 @@ class MDLSTM:
                 f"hidden_size={self.hidden_size}, directions={self.directions!r}, "
                 f"variant={self.variant!r}, dtype={self.dtype.name}, ndim={self._ndim})")
 
-    def save(self, path):
-        """Write weights, bias and configuration to one .npz (no pickles)."""
-        meta = {"format": FORMAT_VERSION, "class": "MDLSTM", "ndim": self._ndim,
+    def _meta(self):
+        return {"format": FORMAT_VERSION, "class": "MDLSTM", "ndim": self._ndim,
                 "input_size": self.input_size, "hidden_size": self.hidden_size,
                 "variant": self.variant,
                 "directions": [d if isinstance(d, str) else list(d)
                                for d in self.directions]}
-        np.savez(path, weights=self.weights, bias=self.bias,
-                 meta=np.array(json.dumps(meta)))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write weights, bias and configuration to one .npz archive (no pickles).
+
+        Parameters
+        ----------
+        path : str or path-like
+            Written exactly as given: no ".npz" is appended (unlike numpy.savez),
+            so ``load(path)`` reads what ``save(path)`` wrote. An existing file
+            is replaced.
+
+        Raises
+        ------
+        OSError
+            The file cannot be written.
+        """
+        with open(os.fspath(path), "wb") as f:
+            np.savez(f, weights=self.weights, bias=self.bias,
+                     meta=np.array(json.dumps(self._meta())))
 
     @classmethod
-    def load(cls, path):
-        """Read a layer written by save(); MDLSTM.load accepts any ndim."""
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path}: not a fastmdlstm model file (not an .npz archive)")
-        with data:
+    def load(cls, path: str | os.PathLike) -> MDLSTM:
+        """Read a layer written by ``save``; MDLSTM.load accepts any ndim.
+
+        The metadata is checked first, then each array's size and dtype from
+        the archive's headers, before any array data is read (a small file
+        cannot make the loader allocate more than its metadata declares, and
+        never more than the available memory).
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file, exactly as given (see `save`).
+
+        Returns
+        -------
+        MDLSTM
+            An instance of the class it is called on. Parameters stored in
+            non-native byte order are converted to native.
+
+        Raises
+        ------
+        OSError
+            The file cannot be opened (missing, a folder, no permission).
+        ValueError
+            Anything wrong with its content, in one message naming the file:
+            not an .npz archive (empty, truncated, corrupted), missing members,
+            metadata that is not valid JSON (including too deep) or holds
+            unknown or out-of-range values, an ndim other than the class's,
+            arrays whose shape or dtype do not match the metadata, data that
+            fails to decompress or its checksum, or a size beyond the available
+            memory.
+        """
+        name = os.fspath(path)
+        with open(name, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise _ModelFileError(f"{name}: not a fastmdlstm model file "
+                                      "(empty file, 0 bytes)")
             try:
-                meta = json.loads(str(data["meta"]))
-                weights, bias = data["weights"], data["bias"]
-            except KeyError as err:
-                raise ValueError(f"{path}: not a fastmdlstm model file "
-                                 f"(missing {err.args[0]!r})") from None
-        required = ("format", "ndim", "input_size", "hidden_size", "variant", "directions")
-        if not isinstance(meta, dict) or any(k not in meta for k in required):
-            raise ValueError(f"{path}: not a fastmdlstm model file (bad metadata)")
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported model format {meta.get('format')!r}")
-        if cls.ndim is not None and meta["ndim"] != cls.ndim:
-            raise ValueError(f"{path}: holds a {meta['ndim']}-D layer, not "
-                             f"{cls.ndim}-D ({cls.__name__})")
-        if weights.dtype not in FLOAT_DTYPES:
-            raise ValueError(f"{path}: weights have dtype {weights.dtype}")
-        layer = cls.__new__(cls)
-        layer._ndim = int(meta["ndim"])
-        layer.input_size = int(meta["input_size"])
-        layer.hidden_size = int(meta["hidden_size"])
-        layer.variant = meta["variant"]
-        layer.directions = tuple(d if isinstance(d, str) else tuple(d)
-                                 for d in meta["directions"])
-        d, n, z = layer._ndim, layer.hidden_size, len(layer.directions)
-        expected = (z, layer.input_size + d * n, (3 + d) * n)
-        if weights.shape != expected or bias.shape != (z, (3 + d) * n):
-            raise ValueError(f"{path}: weights {weights.shape} / bias {bias.shape} "
-                             f"do not match the configuration {expected}")
-        layer.weights, layer.bias = weights, bias
-        return layer
+                with zipfile.ZipFile(f) as archive:
+                    return cls._read(archive, name)
+            except _ModelFileError:
+                raise
+            except Exception as err:  # noqa: BLE001 - one boundary for every reading failure
+                # zipfile.BadZipFile, zlib.error, EOFError, RecursionError (deep JSON),
+                # NotImplementedError (compression methods), ...: the file is bad.
+                message = " ".join(str(err).split()) or "no details"
+                raise _ModelFileError(f"{name}: not a readable fastmdlstm model file "
+                                      f"({type(err).__name__}: {message})") from None
+
+    @classmethod
+    def _read(cls, archive, name):
+        members = {info.filename: info for info in archive.infolist()}
+        missing = [m for m in MEMBERS if m + ".npy" not in members]
+        if missing:
+            raise _ModelFileError(f"{name}: not a fastmdlstm model file (missing {missing[0]!r})")
+        meta_info = members["meta.npy"]
+        if meta_info.file_size > MAX_META_BYTES:
+            raise _ModelFileError(f"{name}: metadata of {meta_info.file_size} bytes "
+                             f"(at most {MAX_META_BYTES})")
+        with archive.open(meta_info) as member:
+            meta = np.lib.format.read_array(io.BytesIO(member.read(MAX_META_BYTES + 1)),
+                                            allow_pickle=False)
+        if meta.shape != () or meta.dtype.kind != "U":
+            raise _ModelFileError(f"{name}: not a fastmdlstm model file (bad metadata)")
+        try:
+            meta = json.loads(str(meta))
+        except RecursionError:
+            raise _ModelFileError(f"{name}: metadata nested too deeply") from None
+        except ValueError as err:
+            raise _ModelFileError(f"{name}: metadata is not valid JSON ({err})") from None
+        config = _check_meta(meta, name)
+        ndim = config["ndim"]
+        if cls.ndim is not None and ndim != cls.ndim:
+            raise _ModelFileError(f"{name}: holds a {ndim}-D layer, not {cls.ndim}-D "
+                             f"({cls.__name__})")
+        z, n, c = len(config["directions"]), config["hidden_size"], config["input_size"]
+        expected = {"weights": (z, c + ndim * n, (3 + ndim) * n),
+                    "bias": (z, (3 + ndim) * n)}
+        dtypes = {key: _member_header(archive, members[key + ".npy"], key, shape, name)
+                  for key, shape in expected.items()}
+        nbytes = sum(math.prod(shape) * dtypes[key].itemsize for key, shape in expected.items())
+        try:
+            _check_memory(2 * nbytes, f"loading {name}")  # read, then a native copy
+        except MemoryError as err:
+            raise _ModelFileError(f"{name}: {err}") from None
+        arrays = {}
+        for key in expected:
+            with archive.open(members[key + ".npy"]) as member:
+                arrays[key] = np.lib.format.read_array(member, allow_pickle=False)
+            if arrays[key].shape != expected[key]:  # read_array reads what the header says
+                raise _ModelFileError(f"{name}: {key} has shape {arrays[key].shape}, "
+                                 f"not {expected[key]}")
+        try:
+            return cls.from_params(arrays["weights"], arrays["bias"],
+                                   directions=config["directions"],
+                                   variant=config["variant"], ndim=ndim)
+        except (TypeError, ValueError) as err:
+            raise _ModelFileError(f"{name}: {err}") from None
+
+
+def _check_meta(meta, name):
+    """The configuration in meta, every field checked, or a ValueError."""
+    def bad(what):
+        return _ModelFileError(f"{name}: not a fastmdlstm model file ({what})")
+
+    if not isinstance(meta, dict):
+        raise bad("metadata is not a JSON object")
+    required = ("format", "ndim", "input_size", "hidden_size", "variant", "directions")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise bad(f"metadata lacks {missing[0]!r}")
+    if type(meta["format"]) is not int or meta["format"] != FORMAT_VERSION:
+        raise _ModelFileError(f"{name}: unsupported model format {meta['format']!r} "
+                         f"(this version reads format {FORMAT_VERSION})")
+    if meta.get("class", "MDLSTM") != "MDLSTM":
+        raise bad(f"class {meta['class']!r}")
+    limits = {"ndim": 3, "input_size": MAX_SIZE, "hidden_size": MAX_SIZE}
+    for key, limit in limits.items():
+        value = meta[key]
+        if type(value) is not int or not 1 <= value <= limit:
+            raise bad(f"{key} must be an integer from 1 to {limit}, got {value!r}"[:200])
+    if not isinstance(meta["variant"], str) or meta["variant"] not in VARIANTS:
+        raise bad(f"variant must be one of {VARIANTS}, got {meta['variant']!r}"[:200])
+    entries = meta["directions"]
+    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_DIRECTIONS or not all(
+            isinstance(e, str) or (isinstance(e, list) and all(type(s) is int for s in e))
+            for e in entries):
+        raise bad(f"directions must be a list of 1 to {MAX_DIRECTIONS} names or lists of "
+                  f"+1/-1, got {entries!r}"[:200])
+    directions = tuple(e if isinstance(e, str) else tuple(e) for e in entries)
+    try:
+        parse_directions(directions, meta["ndim"])
+    except (TypeError, ValueError) as err:
+        raise bad(str(err)) from None
+    return {key: meta[key] for key in required[1:5]} | {"directions": directions}
+
+
+def _member_header(archive, info, key, shape, name):
+    """The dtype of an .npy member whose header declares shape and a float dtype
+    and whose uncompressed size is exactly header + data; nothing else is read."""
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            header = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            header = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise _ModelFileError(f"{name}: {key} has an unsupported .npy version {version}")
+        header_bytes = member.tell()
+    found, _, dtype = header
+    if not _is_float(dtype):
+        raise _ModelFileError(f"{name}: {key} must be float32 or float64, got dtype {dtype}")
+    if tuple(found) != shape:
+        raise _ModelFileError(f"{name}: {key} has shape {tuple(found)}, but the metadata "
+                         f"says {shape}")
+    size = header_bytes + math.prod(shape) * dtype.itemsize
+    if info.file_size != size:
+        raise _ModelFileError(f"{name}: {key} holds {info.file_size} bytes, but its header "
+                         f"says {size}")
+    return dtype
 
 
 class MDLSTM2D(MDLSTM):

@@ -366,37 +366,30 @@ def to_layer(imported, *, dtype=None):
     """An MDLSTM2D (MDLSTM3D, MDLSTM for d = 1) holding imported's parameters.
 
     imported: an Imported or a (weights, bias, directions, variant) tuple.
-    dtype: of the layer (default: that of the weights).
+    dtype: of the layer (default: that of the weights, float64 for integer weights).
+    Built by MDLSTM.from_params, the constructor __init__ and load share: the
+    same checks, the same errors.
     """
     weights, bias, directions, variant = imported
     weights, bias = np.asarray(weights), np.asarray(bias)
-    if weights.ndim == 2:  # one direction given without its Z axis
-        weights, bias = weights[None], bias.reshape(1, -1)
     if isinstance(directions, str):
         directions = (directions,)
     directions = tuple(directions)
-    if not directions or weights.ndim != 3:
+    if not directions or weights.ndim not in (2, 3):
         raise ValueError(f"imported must hold weights (Z, C + d*N, (3+d)*N) and Z directions, "
                          f"got weights {weights.shape} and directions {directions!r}")
     d = _ndim_of(directions)
-    n = weights.shape[-1] // (3 + d)
-    input_size = weights.shape[1] - d * n
-    if n < 1 or input_size < 1:
-        raise ValueError(f"weights {weights.shape} do not fit a {d}-D cell")
     if dtype is None:
-        dtype = weights.dtype if weights.dtype in FLOAT_DTYPES else np.float64
-    options = {"directions": directions, "variant": variant, "dtype": dtype}
-    cls = {2: MDLSTM2D, 3: MDLSTM3D}.get(d)
-    layer = (cls(input_size, n, **options) if cls is not None
-             else MDLSTM(input_size, n, ndim=d, **options))
-    expected = (layer.weights.shape, layer.bias.shape)
-    if (weights.shape, bias.shape) != expected:
-        raise ValueError(f"weights {weights.shape} / bias {bias.shape} do not match "
-                         f"{len(layer.directions)} directions of a {d}-D cell: {expected}")
-    # The constructor drew random parameters; replace them with the imported ones.
-    layer.weights = np.ascontiguousarray(weights, dtype=dtype)
-    layer.bias = np.ascontiguousarray(bias, dtype=dtype)
-    return layer
+        dtype = weights.dtype if weights.dtype in FLOAT_DTYPES else np.dtype(np.float64)
+    # integer parameters (a converter's output never has them, a hand-made tuple may)
+    weights = weights if weights.dtype.kind == "f" else weights.astype(dtype)
+    bias = bias if bias.dtype.kind == "f" else bias.astype(dtype)
+    cls = {2: MDLSTM2D, 3: MDLSTM3D}.get(d, MDLSTM)
+    try:
+        return cls.from_params(weights, bias, directions=directions, variant=variant,
+                               dtype=dtype, ndim=d)
+    except ValueError as err:
+        raise ValueError(f"imported: {err}") from None
 
 
 layer_from = to_layer

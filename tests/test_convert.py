@@ -359,6 +359,6 @@ def test_stack_and_layer_errors():
     with pytest.raises(ValueError, match="parts must all have the same shapes"):
         convert.stack_directions([part, (part[0][:-1], part[1])], ["tl", "br"])
     imported = convert.stack_directions([part], "tl")
-    with pytest.raises(ValueError, match="do not match 2 directions"):
+    with pytest.raises(ValueError, match=r"imported: weights must have shape .* Z=2 directions"):
         convert.to_layer(imported._replace(directions=("tl", "br")))
     assert math.isclose(float(np.abs(convert.to_layer(imported).weights - part[0]).max()), 0)
