@@ -7,6 +7,14 @@ Full run, saved for comparison across commits:
 import numba
 import pytest
 
+from fastmdlstm._bench import cpu_description, simd_description
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Name the CPU in the JSON as results tables do (model, family/model, core class)."""
+    machine_info["fastmdlstm_cpu"] = cpu_description()
+    machine_info["fastmdlstm_simd"] = simd_description()
+
 
 @pytest.fixture
 def run_bench(benchmark):

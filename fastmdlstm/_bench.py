@@ -200,17 +200,13 @@ def _fma_kernels():
 _FMA_KERNELS = None
 
 
-def fma_peak(threads=None, dtype=np.float32, min_time=0.02, repeat=3):
-    """The machine's measured peak of vector fused multiply-adds in GFLOP/s (2 FLOPs
-    per lane) for one dtype, on one thread (threads=1) or on `threads` threads at once
-    (default: numba's current count), with the kernels' vector width: the best of
-    `repeat` runs of at least min_time seconds. None without numba."""
-    try:
-        import numba
+def fma_probe(threads=None, dtype=np.float32, min_time=0.02):
+    """(fn, flops): fn() runs the FMA chains on `threads` threads (default: numba's
+    current count) for at least min_time seconds and does `flops` FLOPs (2 per lane
+    and FMA). For timing by a harness (bench/); fma_peak() times it itself."""
+    import numba
 
-        from ._lowlevel import VEC_BYTES
-    except ImportError:
-        return None
+    from ._lowlevel import VEC_BYTES
     threads = numba.get_num_threads() if threads is None else int(threads)
     serial, parallel = _fma_kernels()
     dtype = np.dtype(dtype)
@@ -218,17 +214,42 @@ def fma_peak(threads=None, dtype=np.float32, min_time=0.02, repeat=3):
     acc = np.zeros((threads, FMA_CHAINS * lanes), dtype)
     m, c = dtype.type(0.5), dtype.type(1.0)  # converges to 2: no overflow, no denormals
 
-    def once(n):
-        start = time.perf_counter()
+    def run(n):
         if threads == 1:
             serial(n, m, c, acc[0])
         else:
             parallel(n, m, c, acc)
-        return time.perf_counter() - start
+
+    def seconds(n):  # on one thread, the best of 3: a busy machine only slows it
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            serial(n, m, c, acc[0])
+            best = min(best, time.perf_counter() - start)
+        return best
 
     n = 1024
-    once(n)  # compiles (or loads from the cache)
-    while (seconds := once(n)) < min_time and n < 2**40:
-        n *= 4 if seconds < min_time / 8 else 2
-    best = min([seconds] + [once(n) for _ in range(repeat - 1)])
-    return 2 * FMA_CHAINS * lanes * n * threads / best / 1e9
+    run(n)  # compiles (or loads from the cache)
+    # Chain length from one thread (a parallel launch costs a wake-up, noisy on a
+    # busy machine); each thread then does that many, about min_time of work.
+    while (took := seconds(n)) < min_time and n < 2**40:
+        n *= 4 if took < min_time / 8 else 2
+    return (lambda: run(n)), 2 * FMA_CHAINS * lanes * n * threads
+
+
+def fma_peak(threads=None, dtype=np.float32, min_time=0.02, repeat=3):
+    """The machine's measured peak of vector fused multiply-adds in GFLOP/s (2 FLOPs
+    per lane) for one dtype, on one thread (threads=1) or on `threads` threads at once
+    (default: numba's current count), with the kernels' vector width: the best of
+    `repeat` runs of at least min_time seconds. None without numba."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return None
+    fn, flops = fma_probe(threads, dtype, min_time)
+    best = float("inf")
+    for _ in range(max(repeat, 1)):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return flops / best / 1e9

@@ -1,0 +1,63 @@
+"""bench/report.py: a results table names its CPU and gives each row's % of the
+machine's FMA peak measured in the same run (issue 10, item 12)."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+REPORT = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "report.py")
+
+
+@pytest.fixture
+def report():
+    if not os.path.exists(REPORT):
+        pytest.skip("bench/ is not next to tests/ (not a source checkout)")
+    spec = importlib.util.spec_from_file_location("bench_report", REPORT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def entry(group, impl, median, flops, threads, dtype="float32", minimum=None):
+    return {"group": group, "stats": {"median": median, "min": minimum or median},
+            "extra_info": {"impl": impl, "flops": flops, "threads": threads, "dtype": dtype}}
+
+
+def test_table_names_the_cpu_and_the_percent_of_the_measured_peak(report, tmp_path):
+    data = {
+        "machine_info": {"fastmdlstm_cpu": "AMD EPYC (family 25 model 17, Zen 4 class)",
+                         "fastmdlstm_simd": "512-bit vectors (AVX-512)",
+                         "python_version": "3.11"},
+        "benchmarks": [
+            entry("peak", "fma-float32-1t", 2.0, 200e9, 1, minimum=1.0),  # 200 GFLOP/s
+            entry("peak", "fma-float32-2t", 1.0, 400e9, 2),
+            entry("peak", "fma-float64-2t", 1.0, 200e9, 2, dtype="float64"),
+            entry("standard", "numba", 1.0, 100e9, 2),
+            entry("standard-f64", "numba", 1.0, 100e9, 2, dtype="float64"),
+            entry("scaling-digits", "numba-1t", 1.0, 50e9, 1),
+            entry("roof", "gemm", 1.0, 200e9, 2),
+        ]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    data, groups = report.load(str(path))
+    text = report.table(data, groups)
+    assert text.startswith("CPU: AMD EPYC (family 25 model 17, Zen 4 class), 512-bit")
+    assert "float32 200.0 GFLOP/s on 1 thread, 400.0 GFLOP/s on 2 threads" in text
+    assert "GEMM roof (NumPy float32 2048² matmul): 200.0 GFLOP/s (50% of FMA peak)" in text
+    assert "| standard | numba | 1000.000 | 100.0 | 25% |" in text  # of the 2-thread f32 peak
+    assert "| standard-f64 | numba | 1000.000 | 100.0 | 50% |" in text  # of the f64 peak
+    assert "| scaling-digits | numba-1t | 1000.000 | 50.0 | 25% |" in text  # 1-thread peak
+    assert "| peak |" not in text and "% FMA peak" in text
+
+
+def test_old_json_without_peak_still_reports(report, tmp_path):
+    data = {"machine_info": {"cpu": {"brand_raw": "Some CPU", "family": 6, "model": 85}},
+            "benchmarks": [{"group": "tiny", "stats": {"median": 1.0, "min": 1.0},
+                            "extra_info": {"impl": "numba", "flops": 1e9, "threads": 2}}]}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    text = report.table(*report.load(str(path)))
+    assert text.startswith("CPU: Some CPU (family 6 model 85), 2 threads")
+    assert "| tiny | numba | 1000.000 | 1.0 |  |" in text
