@@ -82,6 +82,8 @@ def _check_output(output_path, inputs):
     if os.path.isdir(output_path):
         raise RunError(f"output {output_path}: is a folder; name a file, e.g. "
                        f"{os.path.join(output_path, 'out.npy')}")
+    if not output_path or output_path.endswith((os.sep, os.altsep or os.sep)):
+        raise RunError(f"output {output_path!r}: not a file name")
     try:
         out = os.stat(output_path)
     except OSError:  # does not exist yet (or cannot be stat'ed: found out when writing)

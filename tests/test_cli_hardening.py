@@ -166,17 +166,19 @@ def test_signal_handlers_are_restored_after_run(files):
 
 # ---- 4. -o naming a folder -------------------------------------------------
 
-@pytest.mark.parametrize("how", ["folder", "symlink to a folder", "the current folder"])
+@pytest.mark.parametrize("how", ["folder", "symlink to a folder", "the current folder",
+                                 "empty name", "trailing slash"])
 def test_output_folder_is_refused_before_any_work(files, capsys, monkeypatch, how):
     folder, _, _ = files
     (folder / "sub").mkdir()
     os.symlink(folder / "sub", folder / "link")
     target = {"folder": str(folder / "sub"), "symlink to a folder": str(folder / "link"),
-              "the current folder": "."}[how]
+              "the current folder": ".", "empty name": "",
+              "trailing slash": str(folder / "new") + os.sep}[how]
     monkeypatch.setattr(_run, "forward", never_called)
     monkeypatch.setattr(_run, "_load_model", never_called)
     run_fails(capsys, ["run", str(folder / "model.npz"), str(folder / "in.npy"), "-o",
-                       target], "is a folder")
+                       target], "folder" if "folder" in how else "not a file name")
     assert not leftovers(folder) and not leftovers(folder / "sub")
 
 
