@@ -44,7 +44,8 @@ import time
 import numpy as np
 import torch
 
-__all__ = ["DIRECTIONS", "VARIANTS", "prepare", "make_runner", "torch_forward"]
+__all__ = ["DIRECTIONS", "VARIANTS", "prepare", "make_runner", "torch_forward",
+           "make_autograd_runner"]
 
 DIRECTIONS = {"tl": (1, 1), "tr": (1, -1), "bl": (-1, 1), "br": (-1, -1)}
 VARIANTS = ("slstm", "graves")
@@ -258,6 +259,155 @@ def _self_check(seed=0):
           f"float64 {worst[np.float64]:.1e}, float32 {worst[np.float32]:.1e}")
 
 
+# ---- Autograd peer (training) ------------------------------------------------
+# The runner above works in place on views of preallocated buffers under no_grad,
+# which autograd cannot differentiate. The training peer keeps its strategy (one
+# input GEMM in diagonal order, one batched step per anti-diagonal with the
+# directions as the batch axis, one sigmoid over all gates) but builds every
+# diagonal's states out of place, so that autograd records the graph:
+#   * a diagonal's h and c are (Z, m*B, N) tensors in (row, sample) order; the
+#     neighbours of diagonal t's cells are two row windows of diagonal t-1 padded
+#     by one zero row block (F.pad; negative pads crop), one block apart;
+#   * the g columns of W and b are doubled by a constant factor inside the graph,
+#     so tanh(a) = 2*sigmoid(2a) - 1 and the gradients reach the caller's W, b;
+#   * the diagonals' h are concatenated and gathered once into (B, H, W, Z*N).
+
+
+def _unskew_index(batch, height, width, signs):
+    """Rows of the concatenated diagonals (Z, H*W*B, N) in output order (b, row, col, z)."""
+    ii, jj = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    order = np.lexsort((ii.ravel(), (ii + jj).ravel()))
+    rank = np.empty(height * width, np.int64)
+    rank[order] = np.arange(height * width)  # position of scan cell (i, j) on the diagonals
+    b = np.arange(batch)[:, None, None]
+    z_count = len(signs)
+    idx = np.empty((batch, height, width, z_count), np.int64)
+    for z, (si, sj) in enumerate(signs):
+        i = ii if si > 0 else height - 1 - ii  # scan coordinates of image pixel (ii, jj)
+        j = jj if sj > 0 else width - 1 - jj
+        idx[..., z] = (z * height * width + rank[i * width + j])[None] * batch + b
+    return torch.from_numpy(idx.ravel())
+
+
+def make_autograd_runner(x, weights, bias, directions=("tl",), variant="slstm"):
+    """Callable run(grad_h) -> (grad_x, grad_weights, grad_bias), torch tensors.
+
+    Each call runs the forward with x, weights and bias as leaves that require
+    grad, then backpropagates grad_h (B, H, W, Z*N) through h: the gradients of
+    the loss sum(h * grad_h), which h.backward(grad_h) computes without the extra
+    product and sum. Shapes as in make_runner; gradients have the shapes of x,
+    weights (Z, C + 2N, 5N) and bias (Z, 5N). run.forward() returns h alone (no
+    graph).
+    """
+    x, weights, bias = prepare(x, weights, bias)
+    if isinstance(directions, str):
+        directions = (directions,)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    unknown = [d for d in directions if d not in DIRECTIONS]
+    if unknown or not directions:
+        raise ValueError(f"directions must be names from {tuple(DIRECTIONS)}, got {directions!r}")
+    if x.ndim != 4:
+        raise ValueError(f"x must be (B, H, W, C), got shape {tuple(x.shape)}")
+    batch, height, width, channels = x.shape
+    z_count, n = len(directions), weights.shape[-1] // 5
+    if weights.shape != (z_count, channels + 2 * n, 5 * n) or bias.shape != (z_count, 5 * n):
+        raise ValueError(f"weights {tuple(weights.shape)} / bias {tuple(bias.shape)} do not "
+                         f"fit C={channels} and {z_count} direction(s)")
+    if batch * height * width == 0:
+        raise ValueError("empty input")
+    signs = [DIRECTIONS[d] for d in directions]
+    diagonals, idx_in, _ = _skew_plan(batch, height, width, signs)
+    idx_out = _unskew_index(batch, height, width, signs)
+    out_shape = (batch, height, width, z_count * n)
+    scale = x.new_ones(5 * n)
+    scale[:n] = 2
+    # Per diagonal: (its rows of the projection, the pads that turn the previous
+    # diagonal's rows into rows lo-1 .. lo+m-1 of this one).
+    steps = []
+    prev_lo, prev_m = 0, 0
+    for lo, m, _ in diagonals:
+        front, back = (prev_lo - lo + 1) * batch, (lo + m - prev_lo - prev_m) * batch
+        steps.append((m * batch, (0, 0, front, back)))
+        prev_lo, prev_m = lo, m
+    split_sizes = [rows for rows, _ in steps]
+    slstm = variant == "slstm"
+    pad = torch.nn.functional.pad
+
+    def forward(x_leaf, w_leaf, b_leaf):
+        w = w_leaf * scale  # doubles the g columns (tanh via sigmoid), inside the graph
+        b = (b_leaf * scale).unsqueeze(1)
+        w_in, w_up, w_left = w[:, :channels], w[:, channels:channels + n], w[:, channels + n:]
+        x_skew = x_leaf.reshape(-1, channels).index_select(0, idx_in)
+        proj = torch.baddbmm(b, x_skew.view(z_count, -1, channels), w_in)
+        hs = []
+        h = c = x.new_zeros((z_count, 0, n))
+        # split, not slicing: a slice's backward fills a zero tensor of proj's size,
+        # once per diagonal; split's backward concatenates all the pieces once.
+        for (rows, pads), pre in zip(steps, proj.split(split_sizes, dim=1)):
+            if h.shape[1]:
+                h_pad = pad(h, pads)
+                c_pad = pad(c, pads)
+                pre = torch.baddbmm(pre, h_pad[:, :rows], w_up)
+                pre = torch.baddbmm(pre, h_pad[:, batch:], w_left)
+            s, o, i, f_row, f_col = pre.sigmoid().split(n, dim=2)
+            c = (2 * s - 1) * i
+            if h.shape[1]:
+                c = c + f_row * c_pad[:, :rows] + f_col * c_pad[:, batch:]
+            h = torch.tanh(c * o) if slstm else o * torch.tanh(c)
+            hs.append(h)
+        return torch.cat(hs, dim=1).view(-1, n).index_select(0, idx_out).view(out_shape)
+
+    def run(grad_h):
+        grad_h = torch.as_tensor(grad_h)
+        x_leaf = x.detach().requires_grad_()
+        w_leaf = weights.detach().requires_grad_()
+        b_leaf = bias.detach().requires_grad_()
+        forward(x_leaf, w_leaf, b_leaf).backward(grad_h)
+        return x_leaf.grad, w_leaf.grad, b_leaf.grad
+
+    @torch.no_grad()
+    def forward_only():
+        return forward(x, weights, bias)
+
+    run.forward = forward_only
+    return run
+
+
+def _self_check_autograd(seed=0):
+    """Gradients of make_autograd_runner against fastmdlstm.backward (float64, small
+    problems, both variants, one to four directions); raise AssertionError on a mismatch
+    beyond 1e-8 and return the largest difference."""
+    import fastmdlstm
+
+    rng = np.random.default_rng(seed)
+    batch, channels, n = 2, 3, 4
+    worst = 0.0
+    cases = [((5, 7), tuple(DIRECTIONS)), ((4, 4), ("tl",)), ((6, 3), ("br", "tr")),
+             ((1, 5), ("bl",)), ((3, 1), ("tl", "br"))]
+    for (height, width), directions in cases:
+        z = len(directions)
+        x = rng.standard_normal((batch, height, width, channels))
+        weights = rng.standard_normal((z, channels + 2 * n, 5 * n)) * 0.5
+        bias = rng.standard_normal((z, 5 * n)) * 0.5
+        grad_h = rng.standard_normal((batch, height, width, z * n))
+        for variant in VARIANTS:
+            h, c = fastmdlstm.forward(x, weights, bias, variant=variant,
+                                      directions=list(directions), return_cell=True)
+            expected = fastmdlstm.backward(x, weights, bias, grad_h, h=h, c=c,
+                                           variant=variant, directions=list(directions))
+            run = make_autograd_runner(x, weights, bias, directions, variant)
+            assert float(np.abs(run.forward().numpy() - h).max()) <= 1e-10
+            for _ in range(2):  # a second call must not accumulate into the first
+                got = run(grad_h)
+                for name, g, e in zip(("grad_x", "grad_w", "grad_b"), got, expected):
+                    assert g.shape == e.shape, (name, g.shape, e.shape)
+                    err = float(np.abs(g.numpy() - e).max())
+                    assert err <= 1e-8, (height, width, directions, variant, name, err)
+                    worst = max(worst, err)
+    return worst
+
+
 def _bench(repeat=7):
     """GFLOP/s on the benchmark configurations (float32)."""
     configs = [(16, 64, 64, 16, 64, 1), (16, 64, 64, 16, 64, 4),
@@ -283,5 +433,7 @@ def _bench(repeat=7):
 
 if __name__ == "__main__":
     _self_check()
+    print(f"autograd peer self-check passed: max gradient difference "
+          f"{_self_check_autograd():.1e}")
     if "--bench" in sys.argv[1:]:
         _bench()
