@@ -592,13 +592,15 @@ def _zero_outside(buf, sizes, spatial):
 
 
 def _run_forward_kernel(driver, x, w, b, d, variant, signs, sizes, ragged, out, cell,
-                        group=None, threads=None):
-    """Run one numba driver; group (cells per weight pass) is for tests/benchmarks."""
+                        group=None, threads=None, pre=None):
+    """Run one numba driver; group (cells per weight pass) is for tests/benchmarks;
+    pre (B, *S, Z*(3+d)*N) receives the pre-activations when given."""
     empty = np.empty((0,) * 5, dtype=x.dtype)
     problem = _kernels.Forward(
         _canonical(x, d), w, b, d, w.shape[2] // (3 + d), _kernels.VARIANTS[variant], sizes,
         signs, False, empty, empty, _canonical(out, d),
-        empty if cell is None else _canonical(cell, d))
+        empty if cell is None else _canonical(cell, d),
+        empty if pre is None else _canonical(pre, d))
     _launch(driver, problem, _kernels.DEFAULT_GROUP if group is None else group,
             _threads() if threads is None else threads)
     if ragged:  # after the kernel: a failed launch must leave out untouched
@@ -667,7 +669,8 @@ def forward_inplace(x: FloatArray, weights: FloatArray, bias: FloatArray,
     empty = np.empty((0,) * 5, dtype=x.dtype)
     problem = _kernels.Forward(
         _canonical(x, d), w, b, d, n, _kernels.VARIANTS[variant], _full_sizes(batch, spatial),
-        parse_directions(None, d), True, _canonical(h, d), _canonical(c, d), empty, empty)
+        parse_directions(None, d), True, _canonical(h, d), _canonical(c, d), empty, empty,
+        empty)
     _launch(driver, problem, _kernels.DEFAULT_GROUP, numba.get_num_threads())
     return None
 

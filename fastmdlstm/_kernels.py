@@ -439,23 +439,27 @@ def _add2(src_a, src_b, dst_a, dst_b):
 #   sizes (B, d) int64; signs (Z, d) int64; variant (SLSTM or GRAVES).
 # Forward: inplace -> h_state, c_state (B, P0, P1, P2, N) are the caller's padded
 #   tensors (boundary at index 0 of each real axis), else empty, and h (and c
-#   when cell_out has elements) go to out, cell_out (B, S0, S1, S2, Z*N).
+#   when cell_out has elements) go to out, cell_out (B, S0, S1, S2, Z*N);
+#   the pre-activations to pre_out (B, S0, S1, S2, Z*G) when it has elements.
 # Backward: the reverse scan, run as a scan in the mirrored direction (signs
 #   are the forward's negated, so the schedules' "previous" cells are the
 #   forward's next ones). h, c: the forward's outputs (B, S0, S1, S2, Z*N), or
-#   h_state, c_state in the inplace layout; grad_h, grad_c (grad_c may be
+#   h_state, c_state in the inplace layout; pre: the forward's pre_out, or
+#   empty to recompute the pre-activations; grad_h, grad_c (grad_c may be
 #   empty) like h; dx (B, S0, S1, S2, C), zeroed, accumulated over directions;
 #   dw (B*Z, R, G), db (B*Z, G) per-(sample, direction) sums; dh_state,
 #   dc_state like h_state: gradients of the boundary states; wt (Z, G, R) is
-#   w transposed and zero (Z, R) zeros, for the da @ w.T product; mismatch
+#   w transposed, recurrent rows first, and zero (Z, R) zeros, for the
+#   da @ w.T product; mismatch
 #   (B*Z,) is set where the recomputed forward differs from h, c.
 
 Forward = namedtuple("Forward", ("x", "w", "bias", "d", "n", "variant", "sizes", "signs",
-                                 "inplace", "h_state", "c_state", "out", "cell_out"))
+                                 "inplace", "h_state", "c_state", "out", "cell_out",
+                                 "pre_out"))
 Backward = namedtuple("Backward", ("x", "w", "wt", "zero", "bias", "d", "n", "variant",
                                    "sizes", "signs", "inplace", "h_state", "c_state", "h",
-                                   "c", "grad_h", "grad_c", "dx", "dw", "db", "dh_state",
-                                   "dc_state", "tol", "mismatch"))
+                                   "c", "pre", "grad_h", "grad_c", "dx", "dw", "db",
+                                   "dh_state", "dc_state", "tol", "mismatch"))
 
 
 def _by_problem(name, forward_impl, backward_impl):
@@ -558,10 +562,12 @@ def _forward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, spl
                 h_dst[:] = 0
                 c_prev[m, k, :] = 0
     _preactivation(rows, p.w, p.bias, z, acc, m_cnt)
-    ch = z * n
+    ch, n_gates = z * n, p.w.shape[2]
     for m in range(m_cnt):
         i = i0 + m
         ax, ix, jx, j = _cell_coords(p, b, z, t, a, i, split, shift)
+        if p.pre_out.size:  # kept for a backward
+            _copy(acc[m], p.pre_out[b, ax, ix, jx, z * n_gates:(z + 1) * n_gates])
         _cell_update(acc[m], c_prev[m], d, n, p.variant, h_new, c_new)
         if p.inplace:
             pa, pi, pj = a + o0, i + o1, j + o2
@@ -653,10 +659,14 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
                 u, v = _roll_pos(ring, t - 1, qa, qi, qj, s1_all)
                 _add2(roll_h[slot, u, v, k * n:(k + 1) * n],
                       roll_c[slot, u, v, k * n:(k + 1) * n], dh_m, dc_m)
-    _preactivation(rows, p.w, p.bias, z, acc, m_cnt)
+    n_gates = p.w.shape[2]
+    if p.pre.size == 0:
+        _preactivation(rows, p.w, p.bias, z, acc, m_cnt)
     for m in range(m_cnt):
         i = i0 + m
         ax, ix, jx, j = _cell_coords(p, b, z, t, a, i, split, shift)
+        if p.pre.size:  # kept by the forward
+            _copy(p.pre[b, ax, ix, jx, z * n_gates:(z + 1) * n_gates], acc[m])
         if p.inplace:
             h_cell = p.h_state[b, ax + o0, ix + o1, jx + o2]
             c_cell = p.c_state[b, ax + o0, ix + o1, jx + o2]
@@ -664,23 +674,23 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
             h_cell = p.h[b, ax, ix, jx, ch:ch + n]
             c_cell = p.c[b, ax, ix, jx, ch:ch + n]
         if _cell_grad(acc[m], c_prev[m], h_cell, c_cell, dh[m], dc[m], d, n, p.variant,
-                      p.tol, da[m]):
+                      p.tol, da[m], drows[m]):
             p.mismatch[bz] = 1
-    # da @ W.T: the same micro-kernel, W.T as the weights and zero bias.
+    # da @ W.T: the same micro-kernel, W.T as the weights and zero bias; wt's
+    # columns are W's rows with the d*N recurrent ones first (whole vectors
+    # for the GEMM's tiles; the C input channels make the ragged tail).
     _preactivation(da, p.wt, p.zero, z, drows, m_cnt)
     _accumulate_outer(rows, da, m_cnt, p.dw[bz], p.db[bz])
     for m in range(m_cnt):
         i = i0 + m
         ax, ix, jx, j = _cell_coords(p, b, z, t, a, i, split, shift)
-        _add(drows[m, :n_in], p.dx[b, ax, ix, jx])
+        _add(drows[m, d * n:], p.dx[b, ax, ix, jx])
         u, v = _roll_pos(ring, t, a, i, j, s1_all)
         msg_h, msg_c = roll_h[slot, u, v], roll_c[slot, u, v]
-        for k in range(d):
-            forget = acc[m, (3 + k) * n:(4 + k) * n]
-            _copy(drows[m, n_in + k * n:n_in + (k + 1) * n], msg_h[k * n:(k + 1) * n])
-            part_c, dc_m = msg_c[k * n:(k + 1) * n], dc[m]
-            for r in range(n):
-                part_c[r] = dc_m[r] * fast_sigmoid(forget[r])
+        for k in range(d):  # c_prev[m] holds the c messages now (_cell_grad)
+            part_c = msg_c[k * n:(k + 1) * n]
+            _copy2(drows[m, k * n:(k + 1) * n], c_prev[m, k],
+                   msg_h[k * n:(k + 1) * n], part_c)
             if not p.inplace:
                 continue
             q = first_real + k
@@ -697,78 +707,135 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
 
 
 @njit(**_INLINE)
-def _cell_grad(pre, c_prev, h, c, dh, dc, d, n, variant, tol, da):
+def _cell_grad(pre, c_prev, h, c, dh, dc, d, n, variant, tol, da, tmp):
     """da ((3+d)N,) of one cell from its pre-activations, the predecessors'
-    cells c_prev (d, N), its stored h, c and total gradients dh, dc; dc
-    becomes the gradient of c itself. Recomputes c and h on the way and
-    returns whether they differ from the stored ones by more than
-    tol * (1 + |value|) (h, c not from a matching forward)."""
+    cells c_prev (d, N), its stored h, c and total gradients dh, dc. On
+    return dc is the gradient of c itself and c_prev[k] the c message to
+    predecessor k (dc * f_k). Recomputes c and h on the way (tmp: N scratch
+    values) and returns whether they differ from the stored ones by more than
+    tol * (1 + |value|): h, c not from a matching forward.
+
+    Loops over r on views, without branches, so that they vectorise: the
+    activations are first stored in da's blocks and then overwritten with
+    their gradients.
+    """
     one = as_float_like(1.0, c[0])
+    zero = one - one
     big = saturate(as_float_like(np.inf, one))  # the largest finite float
-    bad = False
     cand, out_gate, in_gate = pre[:n], pre[n:2 * n], pre[2 * n:3 * n]
     da_g, da_o, da_i = da[:n], da[n:2 * n], da[2 * n:3 * n]
+    cell = tmp[:n]
     for r in range(n):
-        g, o, ii = fast_tanh(cand[r]), fast_sigmoid(out_gate[r]), fast_sigmoid(in_gate[r])
-        cell = g * ii
-        for k in range(d):
-            cell += fast_sigmoid(pre[(3 + k) * n + r]) * c_prev[k, r]
-        cell = saturate(cell)
+        g = fast_tanh(cand[r])
+        da_g[r], da_o[r], da_i[r] = g, fast_sigmoid(out_gate[r]), fast_sigmoid(in_gate[r])
+        cell[r] = g * da_i[r]
+    for k in range(d):
+        forget, da_f = pre[(3 + k) * n:(4 + k) * n], da[(3 + k) * n:(4 + k) * n]
+        before = c_prev[k]
+        for r in range(n):
+            da_f[r] = fast_sigmoid(forget[r])
+            cell[r] += da_f[r] * before[r]
+    bad = False
+    for r in range(n):
         cr = c[r]
-        if variant == SLSTM:
+        bad |= abs(saturate(cell[r]) - cr) > tol * (one + abs(cr))
+    if variant == SLSTM:
+        for r in range(n):
+            o, cr = da_o[r], c[r]
             hr = fast_tanh(cr * o)
+            bad |= abs(hr - h[r]) > tol * (one + abs(h[r]))
             du = dh[r] * (one - hr * hr)
-            dcr, do = dc[r] + du * o, du * cr
-        else:  # GRAVES
+            dc[r] += du * o
+            da_o[r] = du * cr * o * (one - o)
+    else:  # GRAVES
+        for r in range(n):
+            o, cr = da_o[r], c[r]
             tc = fast_tanh(cr)
             hr = o * tc
-            dcr, do = dc[r] + dh[r] * o * (one - tc * tc), dh[r] * tc
-        bad |= _differs(cell, cr, tol) or _differs(hr, h[r], tol)
-        if abs(cr) == big:  # saturated: the clip's derivative is 0
-            dcr = one - one
+            bad |= abs(hr - h[r]) > tol * (one + abs(h[r]))
+            dc[r] += dh[r] * o * (one - tc * tc)
+            da_o[r] = dh[r] * tc * o * (one - o)
+    for r in range(n):
+        dcr = dc[r] if abs(c[r]) < big else zero  # saturated: the clip's derivative is 0
         dc[r] = dcr
-        da_g[r] = dcr * ii * (one - g * g)
-        da_o[r] = do * o * (one - o)
-        da_i[r] = dcr * g * ii * (one - ii)
+        g, i = da_g[r], da_i[r]
+        da_g[r] = dcr * i * (one - g * g)
+        da_i[r] = dcr * g * i * (one - i)
     for k in range(d):
-        forget, before, da_f = pre[(3 + k) * n:(4 + k) * n], c_prev[k], da[(3 + k) * n:(
-            4 + k) * n]
+        da_f, before = da[(3 + k) * n:(4 + k) * n], c_prev[k]
         for r in range(n):
-            f = fast_sigmoid(forget[r])
+            f = da_f[r]
             da_f[r] = dc[r] * before[r] * f * (one - f)
+            before[r] = dc[r] * f
     return bad
-
-
-@njit(**_OPTS)
-def _differs(value, stored, tol):
-    """Whether a recomputed value is off the stored one (NaN matches NaN)."""
-    if value != value and stored != stored:
-        return False
-    return not abs(value - stored) <= tol * (1 + abs(stored))
 
 
 @njit(**_ACT)
 def _accumulate_outer(rows, da, m_cnt, dw, db):
-    """dw += rows[:m_cnt].T @ da[:m_cnt], db += sum of da's rows: each element
-    a chain of fmas in cell order (the same order whatever the thread count)."""
+    """dw += rows[:m_cnt].T @ da[:m_cnt] and db += the sum of da's rows.
+
+    The forward's GEMM tiles turned around: a tile of da (8 or 4 cells x one
+    vector of gates) stays in registers while the rows of dw stream through;
+    each element of dw is one chain of fmas in cell order, whatever the tiles
+    or the thread count.
+    """
+    m = 0
+    while WIDE_TILES and m + 8 <= m_cnt:
+        _outer_tile(rows, da, m, 8, dw, db)
+        m += 8
+    while m + 4 <= m_cnt:
+        _outer_tile(rows, da, m, 4, dw, db)
+        m += 4
+    while m < m_cnt:
+        _outer_tile(rows, da, m, 1, dw, db)
+        m += 1
+
+
+@njit(**_ACT)
+def _outer_tile(rows, da, m, cells, dw, db):
+    """Cells m .. m + cells - 1 (cells 8, 4 or 1) of _accumulate_outer."""
     n_rows, n_gates = dw.shape
     lanes = VEC_BYTES // dw.itemsize
     vec_end = n_gates - n_gates % lanes
     one = as_float_like(1.0, da[0, 0])
-    for r in range(n_rows + 1):  # row n_rows: the bias, a row of ones
-        dst = dw[r] if r < n_rows else db
-        for g in range(0, vec_end, lanes):
-            acc = vload(dst, g)
-            for m in range(m_cnt):
-                v = rows[m, r] if r < n_rows else one
-                acc = vfma(vsplat(v), vload(da[m], g), acc)
+    ones = vsplat(one)
+    for g in range(0, vec_end, lanes):
+        d0 = vload(da[m], g)
+        d1, d2, d3, d4, d5, d6, d7 = d0, d0, d0, d0, d0, d0, d0
+        if cells >= 4:
+            d1, d2, d3 = vload(da[m + 1], g), vload(da[m + 2], g), vload(da[m + 3], g)
+        if cells == 8:
+            d4, d5, d6 = vload(da[m + 4], g), vload(da[m + 5], g), vload(da[m + 6], g)
+            d7 = vload(da[m + 7], g)
+        for r in range(n_rows):
+            dst = dw[r]
+            acc = vfma(vsplat(rows[m, r]), d0, vload(dst, g))
+            if cells >= 4:
+                acc = vfma(vsplat(rows[m + 1, r]), d1, acc)
+                acc = vfma(vsplat(rows[m + 2, r]), d2, acc)
+                acc = vfma(vsplat(rows[m + 3, r]), d3, acc)
+            if cells == 8:
+                acc = vfma(vsplat(rows[m + 4, r]), d4, acc)
+                acc = vfma(vsplat(rows[m + 5, r]), d5, acc)
+                acc = vfma(vsplat(rows[m + 6, r]), d6, acc)
+                acc = vfma(vsplat(rows[m + 7, r]), d7, acc)
             vstore(dst, g, acc)
-        for g in range(vec_end, n_gates):
-            acc = dst[g]
-            for m in range(m_cnt):
-                v = rows[m, r] if r < n_rows else one
-                acc += v * da[m, g]
-            dst[g] = acc
+        acc = vfma(ones, d0, vload(db, g))  # the bias: a row of ones
+        if cells >= 4:
+            acc = vfma(ones, d3, vfma(ones, d2, vfma(ones, d1, acc)))
+        if cells == 8:
+            acc = vfma(ones, d7, vfma(ones, d6, vfma(ones, d5, vfma(ones, d4, acc))))
+        vstore(db, g, acc)
+    for g in range(vec_end, n_gates):  # fewer than `lanes` gates left
+        for r in range(n_rows):
+            acc = dw[r, g]
+            for k in range(m, m + cells):
+                acc += rows[k, r] * da[k, g]
+            dw[r, g] = acc
+        acc = db[g]
+        for k in range(m, m + cells):
+            acc += da[k, g]
+        db[g] = acc
 
 
 # --- geometry of scans -------------------------------------------------------------
@@ -923,7 +990,7 @@ _run_group = _by_problem("_run_group", _forward_group, _backward_group)
 def _forward_borrowed(p):
     return Forward(borrow(p.x), borrow(p.w), borrow(p.bias), p.d, p.n, p.variant,
                    borrow(p.sizes), borrow(p.signs), p.inplace, borrow(p.h_state),
-                   borrow(p.c_state), borrow(p.out), borrow(p.cell_out))
+                   borrow(p.c_state), borrow(p.out), borrow(p.cell_out), borrow(p.pre_out))
 
 
 @njit(**_OPTS)
@@ -931,7 +998,7 @@ def _backward_borrowed(p):
     return Backward(borrow(p.x), borrow(p.w), borrow(p.wt), borrow(p.zero), borrow(p.bias),
                     p.d, p.n, p.variant, borrow(p.sizes), borrow(p.signs), p.inplace,
                     borrow(p.h_state), borrow(p.c_state), borrow(p.h), borrow(p.c),
-                    borrow(p.grad_h), borrow(p.grad_c), borrow(p.dx), borrow(p.dw),
+                    borrow(p.pre), borrow(p.grad_h), borrow(p.grad_c), borrow(p.dx), borrow(p.dw),
                     borrow(p.db), borrow(p.dh_state), borrow(p.dc_state), p.tol,
                     borrow(p.mismatch))
 
@@ -1180,10 +1247,11 @@ BACKWARD_DRIVERS = ("serial", "batch")  # see scan_wavefront
 
 
 def run_backward(driver, x, w, bias, d, variant, sizes, signs, inplace, h_state, c_state,
-                 h, c, grad_h, grad_c, threads, group=DEFAULT_GROUP):
+                 h, c, grad_h, grad_c, threads, pre=None, group=DEFAULT_GROUP):
     """The backward of a forward, on a numba driver ("serial" or "batch").
 
-    Arrays in the canonical layout (see Backward); signs are the forward's.
+    Arrays in the canonical layout (see Backward); signs are the forward's;
+    pre: the forward's pre-activations, or None to recompute them.
     Returns (dx, dw (Z, R, G), db (Z, G), dh_state, dc_state, mismatch): the
     per-(sample, direction) weight sums are added up sample by sample in
     order, so the result does not depend on the thread count.
@@ -1201,11 +1269,13 @@ def run_backward(driver, x, w, bias, d, variant, sizes, signs, inplace, h_state,
     dh_state = np.zeros(h_state.shape, dtype) if inplace else empty
     dc_state = np.zeros(c_state.shape, dtype) if inplace else empty
     mismatch = np.zeros(pairs, np.int64)
-    wt = np.ascontiguousarray(w.transpose(0, 2, 1))
+    n_in = x.shape[4]
+    wt = np.ascontiguousarray(np.concatenate((w[:, n_in:], w[:, :n_in]), 1).transpose(0, 2, 1))
     tol = dtype.type(1e-3 if dtype == np.float32 else 1e-7)
     prob = Backward(x, w, wt, np.zeros((z_count, n_rows), dtype), bias, d, n, variant, sizes,
-                    np.ascontiguousarray(-signs), inplace, h_state, c_state, h, c, grad_h,
-                    grad_c, dx, dw, db, dh_state, dc_state, tol, mismatch)
+                    np.ascontiguousarray(-signs), inplace, h_state, c_state, h, c,
+                    empty if pre is None else pre, grad_h, grad_c, dx, dw, db, dh_state,
+                    dc_state, tol, mismatch)
     DRIVERS[driver](prob, group, threads)
     dw_sum = dw.reshape(x.shape[0], z_count, n_rows, n_gates)
     db_sum = db.reshape(x.shape[0], z_count, n_gates)
@@ -1244,5 +1314,5 @@ def forward_inplace_2d(x, weights, bias, h, c, variant):
                    weights.reshape((1,) + weights.shape), bias.reshape((1, g)),
                    2, g // 5, variant, sizes, signs, True,
                    h.reshape((b_count, 1) + h.shape[1:]),
-                   c.reshape((b_count, 1) + c.shape[1:]), empty, empty)
+                   c.reshape((b_count, 1) + c.shape[1:]), empty, empty, empty)
     scan_serial(prob, DEFAULT_GROUP, 1)
