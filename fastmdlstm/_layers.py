@@ -274,6 +274,10 @@ class MDLSTM:
             so ``load(path)`` reads what ``save(path)`` wrote. An existing file
             is replaced.
 
+        Returns
+        -------
+        None
+
         Raises
         ------
         OSError

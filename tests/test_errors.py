@@ -304,3 +304,43 @@ def test_choose_backend_checks_directions_against_weights():
         fastmdlstm.choose_backend(5, (8, 15))
     assert fastmdlstm.choose_backend((0, 3, 4, 2), (2, 8, 15),
                                      directions=["tl", "br"]).backend
+
+
+# --- the kernel-level entry point's shape contract (issue 10, item 13) --------------
+
+
+def test_kernel_entry_point_accepts_init_params_shapes_and_says_what_is_wrong():
+    numba = pytest.importorskip("numba")
+    from fastmdlstm.kernels import forward_inplace_2d
+    x, w, b = good()                          # w (1, 8, 15), b (1, 15): init_params' shapes
+    h, c = np.zeros((2, 4, 5, 3)), np.zeros((2, 4, 5, 3))
+    forward_inplace_2d(x, w, b, h, c, 0)      # as init_params returns them
+    h2, c2 = np.zeros_like(h), np.zeros_like(c)
+    forward_inplace_2d(x, w[0], b[0], h2, c2, 0)  # one direction's (C + 2N, 5N), (5N,)
+    h3, c3 = np.zeros_like(h), np.zeros_like(c)
+    fastmdlstm.forward_inplace(x, w, b, h3, c3, backend="numba")
+    np.testing.assert_array_equal(h, h3)
+    np.testing.assert_array_equal(h2, h3)
+    np.testing.assert_array_equal(c, c3)
+    runtime = [
+        ((x, np.concatenate([w, w]), np.concatenate([b, b]), h, c, 0), "must hold one"),
+        ((x, np.ascontiguousarray(w[:, :-1]), b, h, c, 0), "C \\+ 2N rows"),
+        ((x[..., :1], w, b, h, c, 0), "C \\+ 2N rows"),
+        ((x, w, np.ascontiguousarray(b[:, :-5]), h, c, 0), "bias must have 5N"),
+        ((x, w, b, np.zeros((2, 3, 5, 3)), c, 0), "h and c must have shape"),
+        ((x, w, b, h, np.zeros((2, 4, 5, 3))[:1].copy(), 0), "h and c must have shape"),
+        ((x, w, b, h, c, 2), "variant must be 0"),
+    ]
+    before = h.copy()
+    for args, match in runtime:
+        with pytest.raises(ValueError, match=match) as info:
+            forward_inplace_2d(*args)
+        assert str(info.value).startswith("forward_inplace_2d: ")
+    np.testing.assert_array_equal(h, before)
+    with pytest.raises(numba.core.errors.TypingError,
+                       match="bias must be \\(1, 5N\\) to go with 3-D weights"):
+        forward_inplace_2d(x, w, b[0], h, c, 0)
+    with pytest.raises(numba.core.errors.TypingError, match="weights must have x's dtype"):
+        forward_inplace_2d(x, w.astype(np.float32), b, h, c, 0)
+    with pytest.raises(numba.core.errors.TypingError, match="h must be a C-contiguous"):
+        forward_inplace_2d(x, w, b, np.zeros((2, 4, 5, 6))[..., ::2], c, 0)

@@ -2,7 +2,9 @@
 
 import json
 import os
+import re
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -328,3 +330,34 @@ def test_from_params_is_the_one_constructor():
         fastmdlstm.MDLSTM2D.from_params(w, b, directions=("tl", "br"), ndim=3)
     with pytest.raises(ValueError, match="variant"):
         fastmdlstm.MDLSTM2D.from_params(w, b, directions=("tl", "br"), variant="x")
+
+
+# --- the public API documents itself (issue 10, item 14) -----------------------------
+
+
+@pytest.mark.parametrize("function", [
+    fastmdlstm.forward, fastmdlstm.forward_inplace, fastmdlstm.init_params,
+    fastmdlstm.choose_backend, fastmdlstm.MDLSTM2D.__init__, fastmdlstm.MDLSTM2D.__call__,
+    fastmdlstm.MDLSTM2D.save, fastmdlstm.MDLSTM2D.load, fastmdlstm.MDLSTM2D.from_params,
+], ids=lambda f: f.__qualname__)
+def test_public_functions_document_and_annotate_every_argument(function):
+    import inspect
+    doc = inspect.getdoc(function)
+    signature = inspect.signature(function)
+    params = [p for p in signature.parameters if p not in ("self", "cls")]
+    for name in params:
+        assert re.search(rf"^{name}\b.*:|^{name}, |, {name} :", doc, re.MULTILINE), \
+            f"{function.__qualname__}: {name} is not documented"
+        assert signature.parameters[name].annotation is not inspect.Parameter.empty, name
+    assert signature.return_annotation is not inspect.Signature.empty
+    assert "Raises\n------" in doc
+    if function.__name__ != "__init__":
+        assert "Returns\n-------" in doc
+
+
+def test_the_package_ships_its_type_hints():
+    root = Path(fastmdlstm.__file__).parent
+    assert (root / "py.typed").is_file()
+    pyproject = (root.parent / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r'^\[tool.setuptools.package-data\]\nfastmdlstm = \["py.typed"\]',
+                     pyproject, re.MULTILINE)
