@@ -714,6 +714,9 @@ def init_params(input_size: int, hidden_size: int, *,
         input_size or hidden_size not an int, dtype not float32/float64.
     ValueError
         A size < 1, ndim not 1-3, bad directions.
+    MemoryError
+        The parameters would not fit in the available memory (raised before
+        allocating).
     """
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -733,6 +736,9 @@ def init_params(input_size: int, hidden_size: int, *,
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     n, d = int(hidden_size), int(ndim)
+    count = z * (int(input_size) + d * n) * (3 + d) * n
+    # float64 draws, then the cast (before anything is allocated: not an OOM kill later)
+    _check_memory(count * (8 + dtype.itemsize), f"init_params for {count} weights")
     rng = np.random.default_rng(seed)
     bound = 1.0 / np.sqrt(n)
     weights = rng.uniform(-bound, bound, size=(z, input_size + d * n, (3 + d) * n))

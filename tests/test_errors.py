@@ -344,3 +344,13 @@ def test_kernel_entry_point_accepts_init_params_shapes_and_says_what_is_wrong():
         forward_inplace_2d(x, w.astype(np.float32), b, h, c, 0)
     with pytest.raises(numba.core.errors.TypingError, match="h must be a C-contiguous"):
         forward_inplace_2d(x, w, b, np.zeros((2, 4, 5, 6))[..., ::2], c, 0)
+
+
+def test_init_params_fails_before_allocating_what_cannot_fit(monkeypatch):
+    from fastmdlstm import _api
+    monkeypatch.setattr(_api, "_available_memory", lambda: 2**20)
+    with pytest.raises(MemoryError, match="init_params"):
+        fastmdlstm.init_params(64, 4096)          # 1.4e8 weights, > 1 MiB
+    with pytest.raises(MemoryError, match="init_params"):
+        fastmdlstm.MDLSTM2D(64, 4096)
+    assert fastmdlstm.init_params(2, 3)[0].shape == (1, 8, 15)  # small: not even checked
