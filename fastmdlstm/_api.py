@@ -81,17 +81,22 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
-def _launch(driver, *args):
+def _launch(driver, *args, run=None):
+    """Run a numba driver under the rules above: run(driver, *args), by default
+    the driver itself on args (the backward passes its own runner)."""
+    if run is None:
+        def run(name, *rest):
+            return _kernels.DRIVERS[name](*rest)
     if driver != "serial":
         layer = _current_layer()
         if _fork_state["forked_after_omp"]:
             driver = "serial"
         elif layer in ("omp", "tbb"):
-            return _kernels.DRIVERS[driver](*args)
+            return run(driver, *args)
         else:  # workqueue, or not started yet (the first call picks the layer)
             with _parallel_lock:
-                return _kernels.DRIVERS[driver](*args)
-    return _kernels.DRIVERS[driver](*args)
+                return run(driver, *args)
+    return run(driver, *args)
 
 
 # --- argument checks ---------------------------------------------------------

@@ -47,32 +47,19 @@ def _check_finite(value, name, sizes=None):
     raise ValueError(f"{name} contains NaN or inf")
 
 
-def _has_kernel():
-    return _api.HAVE_NUMBA and hasattr(_api._kernels, "run_backward")
-
-
 def _run_kernel(driver, x, w, b, d, variant, sizes, signs, inplace, h_state, c_state, h, c,
                 grad_h, grad_c):
-    """fastmdlstm._kernels.run_backward on canonical 5-D views; raises the
-    mismatch ValueError when the kernel reports one."""
+    """fastmdlstm._kernels.run_backward on canonical 5-D views, under forward's
+    launch rules; raises the mismatch ValueError when the kernel reports one."""
     empty = np.empty((0,) * 5, dtype=x.dtype)
 
     def canonical(a):
         return empty if a is None else _api._canonical(a, d)
 
-    # The same rules as forward's _api._launch: the workqueue threading layer is
-    # not thread-safe, and a child forked after omp started must stay serial.
-    layer = _api._current_layer()
-    if _api._fork_state["forked_after_omp"]:
-        driver = "serial"
-    args = (driver, canonical(x), w, b, d, _api._kernels.VARIANTS[variant], sizes, signs, inplace,
-            canonical(h_state), canonical(c_state), canonical(h), canonical(c),
-            canonical(grad_h), canonical(grad_c), _api._threads())
-    if driver == "serial" or layer in ("omp", "tbb"):
-        result = _api._kernels.run_backward(*args)
-    else:
-        with _api._parallel_lock:
-            result = _api._kernels.run_backward(*args)
+    result = _api._launch(
+        driver, canonical(x), w, b, d, _api._kernels.VARIANTS[variant], sizes, signs, inplace,
+        canonical(h_state), canonical(c_state), canonical(h), canonical(c), canonical(grad_h),
+        canonical(grad_c), _api._threads(), run=_api._kernels.run_backward)
     grad_x5, grad_w, grad_b, grad_h_state5, grad_c_state5, mismatch = result
     if mismatch:
         raise _reference.mismatch_error()
@@ -176,7 +163,7 @@ def backward(
     _api._check_memory(x.nbytes * 2 + 4 * padded, "backward of x with shape " + str(x.shape))
     if batch == 0 or 0 in spatial:
         grad_x, grad_w, grad_b = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)
-    elif chosen == "numba" and _has_kernel():
+    elif chosen == "numba":
         grad_x5, grad_w, grad_b, _, _ = _run_kernel(
             driver, x, w, b, d, variant, sizes, signs, False, None, None, h, c, grad_h, grad_c)
         grad_x = grad_x5.reshape(x.shape)
@@ -276,7 +263,7 @@ def backward_inplace(
     if batch == 0 or 0 in spatial:
         grads = (np.zeros_like(x), np.zeros_like(w[0]), np.zeros_like(b[0]),
                  np.zeros(state_shape, x.dtype), np.zeros(state_shape, x.dtype))
-    elif chosen == "numba" and _has_kernel():
+    elif chosen == "numba":
         grad_x5, grad_w, grad_b, gh5, gc5 = _run_kernel(
             driver, x, w, b, d, variant, _api._full_sizes(batch, spatial),
             _api.parse_directions(None, d), True, h, c, None, None, grad_h, grad_c)
