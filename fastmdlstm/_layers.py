@@ -11,6 +11,7 @@ import zipfile
 import numpy as np
 import numpy.typing as npt
 
+from . import _backward
 from ._api import (
     FLOAT_DTYPES,
     VARIANTS,
@@ -251,6 +252,84 @@ class MDLSTM:
                              f"got ndim={x.ndim}")
         return forward(x, self.weights, self.bias, variant=self.variant,
                        directions=self.directions, sizes=sizes, backend=backend, out=out)
+
+    # --- training -------------------------------------------------------------
+
+    def forward(self, x: FloatArray, sizes: npt.ArrayLike | None = None, *,
+                train: bool = False, backend: str = "auto") -> FloatArray:
+        """The layer's forward; with ``train=True`` it also keeps what
+        `backward` needs.
+
+        Parameters
+        ----------
+        x, sizes, backend
+            As for calling the layer.
+        train : bool
+            Keep x, sizes and the forward's h and c (one extra array the size
+            of h: the cells) until the next training forward. Do not modify
+            x or the returned h in place before `backward` (it checks them).
+
+        Returns
+        -------
+        ndarray, shape (B, *spatial, Z*N)
+            The hidden states.
+        """
+        if not train:
+            return self(x, sizes=sizes, backend=backend)
+        if isinstance(x, np.ndarray) and x.ndim != self._ndim + 2:
+            raise ValueError(f"x must have shape (B, *{self._ndim} spatial axes, C), "
+                             f"got ndim={x.ndim}")
+        self._tape = None  # a failed forward must not leave the previous one's tape
+        h, c = forward(x, self.weights, self.bias, variant=self.variant,
+                       directions=self.directions, sizes=sizes, backend=backend,
+                       return_cell=True)
+        self._tape = (x, sizes, h, c, backend)
+        return h
+
+    def backward(self, grad_h: FloatArray, *, grad_c: FloatArray | None = None) -> FloatArray:
+        """Gradients of the last training forward (``forward(..., train=True)``).
+
+        Parameters
+        ----------
+        grad_h : ndarray, shape (B, *spatial, Z*N)
+            Gradient of the loss with respect to the returned h, of x's dtype.
+        grad_c : ndarray, optional
+            Gradient with respect to the cells (rarely needed); None means 0.
+
+        Returns
+        -------
+        ndarray, shape of x
+            Gradient with respect to x (for the layer below).
+
+        Sets ``grad_weights`` and ``grad_bias`` (shapes and dtype of
+        ``weights`` and ``bias``), replacing those of an earlier call:
+        gradients are not accumulated. The tape is kept, so backward may be
+        called again with other gradients.
+
+        Raises
+        ------
+        RuntimeError
+            No training forward ran before.
+        TypeError, ValueError
+            As `fastmdlstm.backward` (e.g. grad_h of the wrong shape; the
+            parameters, x or h changed since the forward).
+        """
+        if getattr(self, "_tape", None) is None:
+            raise RuntimeError("backward needs a training forward first: "
+                               "layer.forward(x, train=True)")
+        x, sizes, h, c, backend = self._tape
+        grad_x, self.grad_weights, self.grad_bias = _backward.backward(
+            x, self.weights, self.bias, grad_h, h=h, c=c, variant=self.variant,
+            directions=self.directions, sizes=sizes, grad_c=grad_c, backend=backend)
+        return grad_x
+
+    def parameters(self) -> list:
+        """[weights, bias]: the arrays an optimiser updates in place."""
+        return [self.weights, self.bias]
+
+    def gradients(self) -> list:
+        """[grad_weights, grad_bias] of the last `backward` (None before any)."""
+        return [getattr(self, "grad_weights", None), getattr(self, "grad_bias", None)]
 
     def __repr__(self):
         return (f"{type(self).__name__}(input_size={self.input_size}, "
