@@ -67,8 +67,7 @@ def test_plain_gradient_descent_lowers_the_loss():
         layer.backward(h - target)
         for p, g in zip(layer.parameters(), layer.gradients()):
             p -= 0.02 * g
-    assert all(b < a for a, b in zip(losses, losses[1:]))
-    assert losses[-1] < 0.1 * losses[0]
+    assert losses[10] < 0.5 * losses[0] and losses[-1] < 0.1 * losses[0]
 
 
 def test_digits_example_short():
