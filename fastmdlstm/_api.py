@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _dispatch, _reference
+from ._cells import VARIANTS, check_variant  # noqa: F401  (VARIANTS: re-exported)
 
 try:  # the package must work (python backend) where numba cannot be imported
     import numba
@@ -32,7 +33,6 @@ except ImportError:  # pragma: no cover - exercised in a subprocess test
 __all__ = ["forward", "forward_inplace", "init_params", "choose_backend",
            "parse_directions", "HAVE_NUMBA"]
 
-VARIANTS = ("slstm", "graves")
 BACKENDS = ("auto", "numba", "python")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 DIRECTION_NAMES = {"tl": (1, 1), "tr": (1, -1), "bl": (-1, 1), "br": (-1, -1)}
@@ -542,7 +542,7 @@ def forward(x: FloatArray, weights: FloatArray, bias: FloatArray, *,
     out untouched.
     """
     x, d = _check_x(x)
-    _check_choice(variant, "variant", VARIANTS)
+    check_variant(variant, d)
     if not isinstance(return_cell, (bool, np.bool_)):
         raise TypeError("return_cell must be a bool")
     batch, spatial, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
@@ -655,7 +655,7 @@ def forward_inplace(x: FloatArray, weights: FloatArray, bias: FloatArray,
     Every check runs before anything is written.
     """
     x, d = _check_x(x)
-    _check_choice(variant, "variant", VARIANTS)
+    check_variant(variant, d)
     batch, spatial, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
     w, b, n = _check_params(weights, bias, d, channels, x.dtype)
     if w.shape[0] != 1:
@@ -683,14 +683,16 @@ def forward_inplace(x: FloatArray, weights: FloatArray, bias: FloatArray,
 def init_params(input_size: int, hidden_size: int, *,
                 directions: int | Directions = 1, dtype: npt.DTypeLike = np.float32,
                 seed: int | np.random.SeedSequence | None = None,
-                ndim: int = 2) -> Params:
+                ndim: int = 2, variant: str = "slstm") -> Params:
     """Weights and bias for a fresh layer.
 
     Weights ~ U(-1/sqrt(N), 1/sqrt(N)) (the PyTorch LSTM convention). Biases
     are zero except the forget gates': 1 for d = 1 (the usual LSTM choice), and
     -log(d - 1) for d >= 2, so that the d forget gates start at 1/d each and sum
     to 1. (With +1 each, two summed gates of 0.73 would grow |c| like
-    1.46^(H+W): float32 overflows on a 128x128 image.)
+    1.46^(H+W): float32 overflows on a 128x128 image.) The "halved" and
+    "stable" cells average their predecessors' cells, so their forget gates
+    start at sigma(1) = 0.73 (bias 1) and "stable"'s lam gate at 0.5.
 
     Parameters
     ----------
@@ -707,6 +709,8 @@ def init_params(input_size: int, hidden_size: int, *,
         parameters.
     ndim : {1, 2, 3}
         d, the number of spatial axes.
+    variant : {"slstm", "graves", "halved", "stable"}
+        The cell the parameters are for (only the forget-gate biases differ).
 
     Returns
     -------
@@ -718,7 +722,8 @@ def init_params(input_size: int, hidden_size: int, *,
     TypeError
         input_size or hidden_size not an int, dtype not float32/float64.
     ValueError
-        A size < 1, ndim not 1-3, bad directions.
+        A size < 1, ndim not 1-3, bad directions, a variant unknown or not
+        defined for ndim.
     MemoryError
         The parameters would not fit in the available memory (raised before
         allocating).
@@ -731,6 +736,7 @@ def init_params(input_size: int, hidden_size: int, *,
     if isinstance(ndim, (bool, np.bool_)) or not isinstance(ndim, (int, np.integer)) \
             or not 1 <= ndim <= 3:
         raise ValueError(f"ndim must be 1, 2 or 3, got {ndim!r}")
+    check_variant(variant, ndim)
     if isinstance(directions, (int, np.integer)) and not isinstance(directions, bool):
         if directions < 1:
             raise ValueError(f"directions must be >= 1, got {directions}")
@@ -748,5 +754,10 @@ def init_params(input_size: int, hidden_size: int, *,
     bound = 1.0 / np.sqrt(n)
     weights = rng.uniform(-bound, bound, size=(z, input_size + d * n, (3 + d) * n))
     bias = np.zeros((z, (3 + d) * n))
-    bias[:, 3 * n:] = 1.0 if d == 1 else -np.log(d - 1.0)
+    if variant in ("halved", "stable"):
+        bias[:, 3 * n:4 * n] = 1.0  # (stable: f; lam's bias 0 mixes evenly)
+        if variant == "halved":
+            bias[:, 3 * n:] = 1.0
+    else:
+        bias[:, 3 * n:] = 1.0 if d == 1 else -np.log(d - 1.0)
     return weights.astype(dtype), bias.astype(dtype)

@@ -142,7 +142,7 @@ def backward(
     to its unclipped value is taken as 0. Nothing passed in is written.
     """
     x, d = _api._check_x(x)
-    _api._check_choice(variant, "variant", _api.VARIANTS)
+    _api.check_variant(variant, d)
     batch, spatial, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
     w, b, n = _api._check_params(weights, bias, d, channels, x.dtype)
     z = w.shape[0]
@@ -239,7 +239,7 @@ def backward_inplace(
     Nothing passed in is written.
     """
     x, d = _api._check_x(x)
-    _api._check_choice(variant, "variant", _api.VARIANTS)
+    _api.check_variant(variant, d)
     batch, spatial, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
     w, b, n = _api._check_params(weights, bias, d, channels, x.dtype)
     if w.shape[0] != 1:

@@ -43,7 +43,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ._cells import SLSTM, VARIANT_CODES
+from ._cells import HALVED, SLSTM, STABLE, VARIANT_CODES
 from ._dispatch import GROUP, ring_rows, tile_blocks
 from ._lowlevel import VEC_BYTES, borrow, keep_alive, vfma, vload, vsplat, vstore
 
@@ -383,10 +383,18 @@ def _cell_update(gates, c_prev, d, n, variant, h, c):
     cand, out_gate, in_gate = gates[:n], gates[n:2 * n], gates[2 * n:3 * n]
     for r in range(n):
         c[r] = fast_tanh(cand[r]) * fast_sigmoid(in_gate[r])
-    for k in range(d):
-        forget, before = gates[(3 + k) * n:(4 + k) * n], c_prev[k]
+    one = as_float_like(1.0, gates[0])  # a bare 1 would make float32 sums float64
+    if variant == STABLE:  # one forget gate, lam mixes the two predecessors
+        forget, lam, up, left = gates[3 * n:4 * n], gates[4 * n:5 * n], c_prev[0], c_prev[1]
         for r in range(n):
-            c[r] += fast_sigmoid(forget[r]) * before[r]
+            mix = fast_sigmoid(lam[r])
+            c[r] += fast_sigmoid(forget[r]) * (mix * up[r] + (one - mix) * left[r])
+    else:  # one forget gate per axis; "halved" averages the d terms
+        scale = as_float_like(1.0 / d if variant == HALVED else 1.0, one)
+        for k in range(d):
+            forget, before = gates[(3 + k) * n:(4 + k) * n], c_prev[k]
+            for r in range(n):
+                c[r] += fast_sigmoid(forget[r]) * before[r] * scale
     # Saturate instead of overflowing: two forget-gated predecessors can make
     # |c| grow geometrically along a scan; at +-inf, c_up - c_left could give
     # NaN from finite inputs.
@@ -395,7 +403,7 @@ def _cell_update(gates, c_prev, d, n, variant, h, c):
     if variant == SLSTM:
         for r in range(n):
             h[r] = fast_tanh(c[r] * fast_sigmoid(out_gate[r]))
-    else:  # GRAVES (the API admits only the variants of _cells.VARIANTS)
+    else:  # GRAVES, HALVED, STABLE
         for r in range(n):
             h[r] = fast_sigmoid(out_gate[r]) * fast_tanh(c[r])
 
@@ -729,12 +737,19 @@ def _cell_grad(pre, c_prev, h, c, dh, dc, d, n, variant, tol, da, tmp):
         g = fast_tanh(cand[r])
         da_g[r], da_o[r], da_i[r] = g, fast_sigmoid(out_gate[r]), fast_sigmoid(in_gate[r])
         cell[r] = g * da_i[r]
-    for k in range(d):
-        forget, da_f = pre[(3 + k) * n:(4 + k) * n], da[(3 + k) * n:(4 + k) * n]
-        before = c_prev[k]
+    scale = as_float_like(1.0 / d if variant == HALVED else 1.0, one)
+    if variant == STABLE:
+        da_f, da_l, up, left = da[3 * n:4 * n], da[4 * n:5 * n], c_prev[0], c_prev[1]
         for r in range(n):
-            da_f[r] = fast_sigmoid(forget[r])
-            cell[r] += da_f[r] * before[r]
+            da_f[r], da_l[r] = fast_sigmoid(pre[3 * n + r]), fast_sigmoid(pre[4 * n + r])
+            cell[r] += da_f[r] * (da_l[r] * up[r] + (one - da_l[r]) * left[r])
+    else:
+        for k in range(d):
+            forget, da_f = pre[(3 + k) * n:(4 + k) * n], da[(3 + k) * n:(4 + k) * n]
+            before = c_prev[k]
+            for r in range(n):
+                da_f[r] = fast_sigmoid(forget[r])
+                cell[r] += da_f[r] * before[r] * scale
     bad = False
     for r in range(n):
         cr = c[r]
@@ -747,7 +762,7 @@ def _cell_grad(pre, c_prev, h, c, dh, dc, d, n, variant, tol, da, tmp):
             du = dh[r] * (one - hr * hr)
             dc[r] += du * o
             da_o[r] = du * cr * o * (one - o)
-    else:  # GRAVES
+    else:  # GRAVES, HALVED, STABLE
         for r in range(n):
             o, cr = da_o[r], c[r]
             tc = fast_tanh(cr)
@@ -761,12 +776,21 @@ def _cell_grad(pre, c_prev, h, c, dh, dc, d, n, variant, tol, da, tmp):
         g, i = da_g[r], da_i[r]
         da_g[r] = dcr * i * (one - g * g)
         da_i[r] = dcr * g * i * (one - i)
+    if variant == STABLE:
+        da_f, da_l, up, left = da[3 * n:4 * n], da[4 * n:5 * n], c_prev[0], c_prev[1]
+        for r in range(n):
+            f, mix = da_f[r], da_l[r]
+            d_mix = dc[r] * f  # gradient of lam*up + (1-lam)*left
+            da_f[r] = dc[r] * (mix * up[r] + (one - mix) * left[r]) * f * (one - f)
+            da_l[r] = d_mix * (up[r] - left[r]) * mix * (one - mix)
+            up[r], left[r] = d_mix * mix, d_mix * (one - mix)
+        return bad
     for k in range(d):
         da_f, before = da[(3 + k) * n:(4 + k) * n], c_prev[k]
         for r in range(n):
             f = da_f[r]
-            da_f[r] = dc[r] * before[r] * f * (one - f)
-            before[r] = dc[r] * f
+            da_f[r] = dc[r] * scale * before[r] * f * (one - f)
+            before[r] = dc[r] * scale * f
     return bad
 
 

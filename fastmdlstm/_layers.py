@@ -17,10 +17,10 @@ from ._api import (
     VARIANTS,
     Directions,
     FloatArray,
-    _check_choice,
     _check_memory,
     _is_float,
     _plain_array,
+    check_variant,
     forward,
     init_params,
     parse_directions,
@@ -120,10 +120,10 @@ class MDLSTM:
             variant, bad directions.
         """
         ndim = _resolve_ndim(type(self), ndim, directions)
-        _check_choice(variant, "variant", VARIANTS)
+        check_variant(variant, ndim)
         directions = _directions_tuple(directions, ndim)
         weights, bias = init_params(input_size, hidden_size, directions=len(directions),
-                                    dtype=dtype, seed=seed, ndim=ndim)
+                                    dtype=dtype, seed=seed, ndim=ndim, variant=variant)
         self._configure(weights, bias, directions, variant, ndim, dtype)
 
     @classmethod
@@ -162,7 +162,7 @@ class MDLSTM:
             variant or ndim.
         """
         ndim = _resolve_ndim(cls, ndim, directions)
-        _check_choice(variant, "variant", VARIANTS)
+        check_variant(variant, ndim)
         directions = _directions_tuple(directions, ndim)
         layer = cls.__new__(cls)
         layer._configure(weights, bias, directions, variant, ndim, dtype)
@@ -490,6 +490,10 @@ def _check_meta(meta, name):
             raise bad(f"{key} must be an integer from 1 to {limit}, got {value!r}"[:200])
     if not isinstance(meta["variant"], str) or meta["variant"] not in VARIANTS:
         raise bad(f"variant must be one of {VARIANTS}, got {meta['variant']!r}"[:200])
+    try:
+        check_variant(meta["variant"], meta["ndim"])
+    except ValueError as err:
+        raise bad(str(err)) from None
     entries = meta["directions"]
     if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_DIRECTIONS or not all(
             isinstance(e, str) or (isinstance(e, list) and all(type(s) is int for s in e))
