@@ -516,6 +516,23 @@ def _cell_coords(p, b, z, t, a, i, split, shift):
 
 
 @njit(**_OPTS)
+def _step_back(q, a, i, j):
+    """(inside, a, i, j) of the cell one step back along canonical axis q, in
+    scan coordinates: its predecessor, unless it lies before the scan's start."""
+    if q == 0:
+        return a > 0, a - 1, i, j
+    if q == 1:
+        return i > 0, a, i - 1, j
+    return j > 0, a, i, j - 1
+
+
+@njit(**_OPTS)
+def _step_on(q, a, i, j):
+    """(a, i, j) of the cell one step on along canonical axis q."""
+    return a + (1 if q == 0 else 0), i + (1 if q == 1 else 0), j + (1 if q == 2 else 0)
+
+
+@njit(**_OPTS)
 def _pad_offsets(d):
     """Offsets of the caller's padded state tensors: 1 on real axes, 0 on the
     leading dummies."""
@@ -557,12 +574,7 @@ def _forward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, spl
                 pj = j + o2 - (1 if q == 2 else 0)
                 _copy2(p.h_state[b, pa, pi, pj], p.c_state[b, pa, pi, pj], h_dst, c_prev[m, k])
                 continue
-            if q == 0:
-                present, pa, pi, pj = a > 0, a - 1, i, j
-            elif q == 1:
-                present, pa, pi, pj = i > 0, a, i - 1, j
-            else:
-                present, pa, pi, pj = j > 0, a, i, j - 1
+            present, pa, pi, pj = _step_back(q, a, i, j)
             if present:
                 u, v = _roll_pos(ring, t - 1, pa, pi, pj, s1_all)
                 _copy2(roll_h[slot, u, v], roll_c[slot, u, v], h_dst, c_prev[m, k])
@@ -642,8 +654,7 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
             q = first_real + k
             h_dst = row[n_in + k * n:n_in + (k + 1) * n]
             # The forward predecessor: one step further along axis q here.
-            pa, pi, pj = a + (1 if q == 0 else 0), i + (1 if q == 1 else 0), j + (
-                1 if q == 2 else 0)
+            pa, pi, pj = _step_on(q, a, i, j)
             fa, fi, fj = _axis_coord(pa, s0, g0), _axis_coord(pi, s1, g1), _axis_coord(
                 pj, s2, g2)
             if p.inplace:  # index -1 + 1 = 0: the boundary
@@ -657,12 +668,7 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
                 c_prev[m, k, :] = 0
             # The message from this scan's previous cell along q, which sent
             # its part k (we are its forward predecessor along q).
-            if q == 0:
-                present, qa, qi, qj = a > 0, a - 1, i, j
-            elif q == 1:
-                present, qa, qi, qj = i > 0, a, i - 1, j
-            else:
-                present, qa, qi, qj = j > 0, a, i, j - 1
+            present, qa, qi, qj = _step_back(q, a, i, j)
             if present:
                 u, v = _roll_pos(ring, t - 1, qa, qi, qj, s1_all)
                 _add2(roll_h[slot, u, v, k * n:(k + 1) * n],
@@ -702,8 +708,7 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
             if not p.inplace:
                 continue
             q = first_real + k
-            pa, pi, pj = a + (1 if q == 0 else 0), i + (1 if q == 1 else 0), j + (
-                1 if q == 2 else 0)
+            pa, pi, pj = _step_on(q, a, i, j)
             if pa < s0 and pi < s1 and pj < s2:
                 continue
             # The forward predecessor is a boundary state: its gradient.
