@@ -5,12 +5,17 @@ a diagonal, a square outline) at random positions, with noise. The model: one
 four-direction MDLSTM2d layer (every pixel then sees the whole image), the
 mean over the pixels, and a linear classifier. Runs in seconds on a CPU:
 
-    python examples/torch_train.py [--steps 150] [--seed 0]
+    python examples/torch_train.py [--steps 150] [--seed 0] [--threads 1]
+
+Threads: on images this small a parallel region costs more than the work it
+shares, and PyTorch and Numba each keep their own pool of OpenMP threads, which
+compete for the same cores. So the example runs both on one thread (--threads).
 """
 
 import argparse
 import time
 
+import numba
 import numpy as np
 import torch
 from torch import nn
@@ -81,7 +86,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for PyTorch and for fastmdlstm's Numba kernels")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     train(steps=args.steps, seed=args.seed)
 
 

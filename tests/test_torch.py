@@ -19,8 +19,13 @@ CORNERS = ("tl", "tr", "bl", "br")
 
 @pytest.fixture(autouse=True)
 def _one_thread(threads):
-    """Tiny problems: the serial driver, no parallel-region overhead."""
+    """Tiny problems: one thread for the kernels (the serial driver) and for torch,
+    no parallel regions whose start costs more than the work."""
     threads(1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _params(c, n, dirs, d, dtype, seed=0, requires_grad=True):
@@ -281,6 +286,7 @@ def test_example_script():
         sys.path.pop(0)
     first, last, _ = torch_train.train(steps=20, batch=16, verbose=False)
     assert np.isfinite(last) and last < first
+    torch_train.main(["--steps", "2", "--threads", "1"])  # the command line
 
 
 def test_torch_compile_smoke():
