@@ -3,13 +3,17 @@
 This module is the readable statement of the math and the oracle of the kernel
 tests. It must never import numba: it is also the fallback where numba is missing.
 
-Notation (d spatial axes, N hidden units, C input channels):
+Notation (d spatial axes, N hidden units, C input channels; the variant
+table is _cells.py):
 
     pre   = [x_p | h_(p - e_0) | ... | h_(p - e_{d-1})] @ W + b
     g     = tanh(pre[0:N])     o = sigma(pre[N:2N])     i = sigma(pre[2N:3N])
-    f_k   = sigma(pre[(3+k)N:(4+k)N])                   for each axis k
-    c_p   = g*i + sum_k f_k * c_(p - e_k)     (saturated at +-largest float)
-    h_p   = tanh(c_p * o)      ("slstm")   or   o * tanh(c_p)   ("graves")
+    q_k   = sigma(pre[(3+k)N:(4+k)N])   for k < d: the "forget part's" gates,
+            f_0 .. f_{d-1}, or ("stable", d = 2) f and lam
+    c_p   = g*i + F(q, c_(p - e_0), ..., c_(p - e_{d-1}))   (saturated at +-largest float)
+            F = sum_k f_k*c_k ("slstm", "graves"), (1/d) sum_k f_k*c_k ("halved"),
+                f*(lam*c_0 + (1-lam)*c_1) ("stable")
+    h_p   = tanh(c_p * o)   ("slstm")   or   o * tanh(c_p)   (the others)
 
 The work is vectorised over the batch only; pixels are visited one by one in
 raster order, which is a valid scan order because every predecessor p - e_k
@@ -35,6 +39,63 @@ def sigmoid(x):
     return 0.5 + 0.5 * np.tanh(0.5 * x)
 
 
+def _unknown(variant):
+    return ValueError(f"unknown variant {variant!r}")
+
+
+def _raw_cell(variant, gi, gates, c_prev):
+    """c before saturation: g*i plus the predecessors' share. gates are the d
+    sigmoid blocks after g, o, i (f_0 .. f_{d-1}, or "stable"'s f and lam),
+    c_prev the d predecessors' cells. May overflow to +-inf (the caller clips)."""
+    if variant in ("slstm", "graves", "halved"):
+        # "halved" scales each term (not the sum: that could overflow first)
+        scale = 1.0 / len(gates) if variant == "halved" else 1.0
+        cell = gi
+        for f, cp in zip(gates, c_prev):
+            cell = cell + f * cp * scale
+        return cell
+    if variant == "stable":
+        f, lam = gates
+        return gi + f * (lam * c_prev[0] + (1 - lam) * c_prev[1])
+    raise _unknown(variant)
+
+
+def _raw_cell_grad(variant, gates, c_prev, dc):
+    """Backward of _raw_cell's predecessor share for dL/dc = dc: (the d
+    gradients w.r.t. the gates' pre-activations, the d w.r.t. c_prev)."""
+    if variant in ("slstm", "graves", "halved"):
+        # exact: "halved"'s 1/d reaches the forget gates' gradients too
+        scale = 1.0 / len(gates) if variant == "halved" else 1.0
+        return ([dc * scale * cp * f * (1 - f) for f, cp in zip(gates, c_prev)],
+                [dc * scale * f for f in gates])
+    if variant == "stable":
+        f, lam = gates
+        mixed = lam * c_prev[0] + (1 - lam) * c_prev[1]
+        return ([dc * mixed * f * (1 - f), dc * f * (c_prev[0] - c_prev[1]) * lam * (1 - lam)],
+                [dc * f * lam, dc * f * (1 - lam)])
+    raise _unknown(variant)
+
+
+def _output(variant, cell, o):
+    """h of a cell c with output gate o."""
+    if variant == "slstm":
+        return np.tanh(cell * o)
+    if variant in ("graves", "halved", "stable"):
+        return o * np.tanh(cell)
+    raise _unknown(variant)
+
+
+def _output_grad(variant, cell, o, h, dh):
+    """Backward of _output for dL/dh = dh: (dL/dc, dL/do) through h only."""
+    if variant == "slstm":
+        dpre_h = dh * (1 - h * h)  # h = tanh(c*o)
+        return dpre_h * o, dpre_h * cell
+    if variant in ("graves", "halved", "stable"):
+        tanh_c = np.tanh(cell)  # h = o*tanh(c)
+        return dh * o * (1 - tanh_c * tanh_c), dh * tanh_c
+    raise _unknown(variant)
+
+
 def scan_padded(x, weights, bias, h, c, variant):
     """One scan from the origin corner, in place over padded state tensors.
 
@@ -57,20 +118,16 @@ def scan_padded(x, weights, bias, h, c, variant):
         g = np.tanh(pre[:, :n])
         o = sigmoid(pre[:, n:2 * n])
         i = sigmoid(pre[:, 2 * n:3 * n])
-        cell = g * i
+        gates = [sigmoid(pre[:, (3 + k) * n:(4 + k) * n]) for k in range(d)]
+        c_prev = [c[(slice(None),) + prev[k]] for k in range(d)]
         # |c| saturates at the largest finite float instead of overflowing
         # (the sum below may overflow first; the clip brings it back).
-        with np.errstate(over="ignore"):
-            for k in range(d):
-                f = sigmoid(pre[:, (3 + k) * n:(4 + k) * n])
-                cell = cell + f * c[(slice(None),) + prev[k]]
+        with np.errstate(over="ignore", invalid="ignore"):
+            cell = _raw_cell(variant, g * i, gates, c_prev)
         big = np.finfo(cell.dtype).max
         cell = np.clip(cell, -big, big)
         c[(slice(None),) + q] = cell
-        if variant == "slstm":
-            h[(slice(None),) + q] = np.tanh(cell * o)
-        else:
-            h[(slice(None),) + q] = o * np.tanh(cell)
+        h[(slice(None),) + q] = _output(variant, cell, o)
 
 
 def forward(x, weights, bias, variant, signs, sizes, out, cell_out):
@@ -186,37 +243,23 @@ def scan_padded_backward(x, weights, bias, h, c, grad_h, grad_c, variant):
             g = np.tanh(pre[:, :n])
             o = sigmoid(pre[:, n:2 * n])
             i = sigmoid(pre[:, 2 * n:3 * n])
-            f = [sigmoid(pre[:, (3 + k) * n:(4 + k) * n]) for k in range(d)]
+            gates = [sigmoid(pre[:, (3 + k) * n:(4 + k) * n]) for k in range(d)]
             c_prev = [c[prev[k]] for k in range(d)]
-            cell = g * i
-            for k in range(d):
-                cell = cell + f[k] * c_prev[k]
-            cell = np.clip(cell, -big, big)
-            if variant == "slstm":
-                h_new = np.tanh(cell * o)
-            else:
-                tanh_c = np.tanh(cell)
-                h_new = o * tanh_c
+            cell = np.clip(_raw_cell(variant, g * i, gates, c_prev), -big, big)
+            h_new = _output(variant, cell, o)
             if _disagree(cell, c[at_q], tol) or _disagree(h_new, h[at_q], tol):
                 raise mismatch_error()
-            # h = tanh(c*o)  or  h = o*tanh(c)
-            dh = dh_all[at_q]
-            if variant == "slstm":
-                dpre_h = dh * (1 - h_new * h_new)
-                dc = dc_all[at_q] + dpre_h * o
-                do = dpre_h * cell
-            else:
-                dc = dc_all[at_q] + dh * o * (1 - tanh_c * tanh_c)
-                do = dh * tanh_c
-            # c = saturate(g*i + sum_k f_k * c_prev_k)
-            dc = np.where(np.abs(cell) < big, dc, 0)
+            dc_h, do = _output_grad(variant, cell, o, h_new, dh_all[at_q])
+            # c = saturate(g*i + F(gates, c_prev)) (F: see _raw_cell)
+            dc = np.where(np.abs(cell) < big, dc_all[at_q] + dc_h, 0)
+            d_gates, dc_prev = _raw_cell_grad(variant, gates, c_prev, dc)
             dpre = np.empty_like(pre)
             dpre[:, :n] = dc * i * (1 - g * g)
             dpre[:, n:2 * n] = do * o * (1 - o)
             dpre[:, 2 * n:3 * n] = dc * g * i * (1 - i)
             for k in range(d):
-                dpre[:, (3 + k) * n:(4 + k) * n] = dc * c_prev[k] * f[k] * (1 - f[k])
-                dc_all[prev[k]] += dc * f[k]
+                dpre[:, (3 + k) * n:(4 + k) * n] = d_gates[k]
+                dc_all[prev[k]] += dc_prev[k]
             # pre = [x_p | h_prev_0 | ...] @ W + b
             grad_b += dpre.sum(axis=0)
             grad_w[:ch] += rows[0].T @ dpre

@@ -12,6 +12,43 @@ def _sigmoid(v):
     return 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
 
 
+def _cell(variant, g, i, q, cp):
+    """c of one unit (unclipped): q the sigmoids of the gate blocks after g, o, i
+    (f_0 .. f_{d-1}; "stable": f, lam), cp the predecessors' c along axes 0..d-1."""
+    d = len(q)
+    if variant in ("slstm", "graves"):
+        return g * i + sum(q[k] * cp[k] for k in range(d))
+    if variant == "halved":
+        return g * i + sum(q[k] * cp[k] for k in range(d)) / d
+    if variant == "stable":
+        f, lam = q
+        return g * i + f * (lam * cp[0] + (1 - lam) * cp[1])
+    raise ValueError(variant)
+
+
+def _cell_grads(variant, q, cp, d_cell):
+    """dL/d(pre-activation) of the gates q and dL/dcp, given dL/dc = d_cell."""
+    d = len(q)
+    if variant in ("slstm", "graves", "halved"):
+        share = 1.0 / d if variant == "halved" else 1.0
+        return ([d_cell * share * cp[k] * q[k] * (1 - q[k]) for k in range(d)],
+                [d_cell * share * q[k] for k in range(d)])
+    if variant == "stable":
+        f, lam = q
+        return ([d_cell * (lam * cp[0] + (1 - lam) * cp[1]) * f * (1 - f),
+                 d_cell * f * (cp[0] - cp[1]) * lam * (1 - lam)],
+                [d_cell * f * lam, d_cell * f * (1 - lam)])
+    raise ValueError(variant)
+
+
+def _h(variant, cell, o):
+    if variant == "slstm":
+        return math.tanh(cell * o)
+    if variant in ("graves", "halved", "stable"):
+        return o * math.tanh(cell)
+    raise ValueError(variant)
+
+
 def scan(x, weights, bias, variant="slstm", h0=None, c0=None):
     """One scan from the origin corner of x (*S, C) for a single sample.
 
@@ -40,9 +77,10 @@ def scan(x, weights, bias, variant="slstm", h0=None, c0=None):
             g = math.tanh(pre[0])
             o = _sigmoid(pre[1])
             i = _sigmoid(pre[2])
-            cell = g * i + sum(_sigmoid(pre[3 + k]) * c[preds[k]][u] for k in range(d))
+            cell = _cell(variant, g, i, [_sigmoid(pre[3 + k]) for k in range(d)],
+                         [c[preds[k]][u] for k in range(d)])
             c[q][u] = cell
-            h[q][u] = math.tanh(cell * o) if variant == "slstm" else o * math.tanh(cell)
+            h[q][u] = _h(variant, cell, o)
     inner = tuple(slice(1, None) for _ in range(d))
     return h[inner], c[inner]
 
@@ -108,10 +146,10 @@ def scan_backward(x, weights, bias, grad_h, grad_c=None, variant="slstm", h0=Non
             i = _sigmoid(pre[2])
             f = [_sigmoid(pre[3 + k]) for k in range(d)]
             cp = [c[preds[k]][u] for k in range(d)]
-            raw = g * i + sum(f[k] * cp[k] for k in range(d))
+            raw = _cell(variant, g, i, f, cp)
             cell = min(max(raw, -big), big)
             c[q][u] = cell
-            h[q][u] = math.tanh(cell * o) if variant == "slstm" else o * math.tanh(cell)
+            h[q][u] = _h(variant, cell, o)
             tape[q, u] = (v, preds, g, o, i, f, cp, cell, abs(raw) >= big)
     # Backward, successors first.
     dh = np.zeros(padded)
@@ -131,16 +169,18 @@ def scan_backward(x, weights, bias, grad_h, grad_c=None, variant="slstm", h0=Non
                 t = math.tanh(cell * o)
                 d_cell = dc[q][u] + dh[q][u] * (1 - t * t) * o
                 d_o = dh[q][u] * (1 - t * t) * cell
-            else:
+            elif variant in ("graves", "halved", "stable"):
                 t = math.tanh(cell)
                 d_cell = dc[q][u] + dh[q][u] * o * (1 - t * t)
                 d_o = dh[q][u] * t
+            else:
+                raise ValueError(variant)
             if clipped:
                 d_cell = 0.0
-            d_pre = [d_cell * i * (1 - g * g), d_o * o * (1 - o), d_cell * g * i * (1 - i)]
+            d_q, d_cp = _cell_grads(variant, f, cp, d_cell)
+            d_pre = [d_cell * i * (1 - g * g), d_o * o * (1 - o), d_cell * g * i * (1 - i)] + d_q
             for k in range(d):
-                d_pre.append(d_cell * cp[k] * f[k] * (1 - f[k]))
-                dc[preds[k]][u] += d_cell * f[k]
+                dc[preds[k]][u] += d_cp[k]
             for blk in range(3 + d):
                 col = blk * n + u
                 gb[col] += d_pre[blk]
