@@ -6,7 +6,8 @@ column blocks (N wide) g, o, i, f0, ..., f(d-1); bias ((3+d)*N,).
 
 from_gate_blocks() does the general permutation (any gate order, any order of
 the recurrent blocks, (in, out) or (out, in) storage, per-gate mappings);
-from_rnn2d() slices jpuigcerver/rnn2d's flat parameter vector and calls it.
+from_rnn2d() slices jpuigcerver/rnn2d's flat parameter vector (its original or
+its current layout, RNN2D_LAYOUTS) and calls it.
 """
 
 import re
@@ -19,11 +20,31 @@ from ._api import FLOAT_DTYPES, VARIANTS, parse_directions
 from ._layers import MDLSTM, MDLSTM2D, MDLSTM3D
 
 __all__ = ["Imported", "canonical_gates", "from_gate_blocks", "stack_directions",
-           "from_rnn2d", "to_layer", "layer_from", "RNN2D_GATE_ORDER", "RNN2D_DIRECTIONS"]
+           "from_rnn2d", "to_layer", "layer_from", "RNN2D_GATE_ORDER", "RNN2D_DIRECTIONS",
+           "RNN2D_LAYOUTS", "Rnn2dLayout"]
 
-# rnn2d, per direction: gate blocks (a, i, o, f_y, f_x); directions in this order.
-RNN2D_GATE_ORDER = ("a", "i", "o", "f_y", "f_x")
-RNN2D_DIRECTIONS = ("tl", "tr", "bl", "br")
+
+class Rnn2dLayout(NamedTuple):
+    """One of rnn2d's parameter layouts: per direction [bias | W | R1 | R2]."""
+    gate_order: tuple      # rnn2d's gate blocks, in storage order
+    axis_order: tuple      # the axis ("y": rows, "x": columns) of R1 and R2
+    directions: tuple      # our name of rnn2d's direction z = 0, 1, 2, 3
+    variant: str           # our name of rnn2d's cell
+
+
+RNN2D_LAYOUTS = {
+    # the first one (rnn2d's lstm_impl.h): U_y then U_x; TL, TR, BL, BR; h = o*tanh(c)
+    "original": Rnn2dLayout(("a", "i", "o", "f_y", "f_x"), ("y", "x"),
+                            ("tl", "tr", "bl", "br"), "graves"),
+    # the current one (rnn2d's include/rnn2d/internal/..., the halved cell
+    # lstm2d_cell_halved.h): U multiplies h of the previous column, V that of the
+    # previous row; z = 1 scans up from the bottom-left corner, z = 2 from the top-right.
+    "current": Rnn2dLayout(("i", "f_y", "f_x", "o", "a"), ("x", "y"),
+                           ("tl", "bl", "tr", "br"), "halved"),
+}
+# The original layout's gate order and directions (kept names).
+RNN2D_GATE_ORDER = RNN2D_LAYOUTS["original"].gate_order
+RNN2D_DIRECTIONS = RNN2D_LAYOUTS["original"].directions
 
 # Axis names per number of spatial axes d. Inputs are (B, *spatial, C): for
 # images (H, W) y is axis 0, for volumes or video (D, H, W) y is axis 1.
@@ -49,7 +70,7 @@ class Imported(NamedTuple):
     weights: np.ndarray   # (Z, C + d*N, (3+d)*N)
     bias: np.ndarray      # (Z, (3+d)*N)
     directions: tuple     # Z names ("tl", ...) or sign tuples
-    variant: str          # "slstm" or "graves"
+    variant: str          # "slstm", "graves", "halved" or "stable"
 
 
 def canonical_gates(d):
@@ -332,17 +353,33 @@ def _check_size(value, name):
     return int(value)
 
 
-def from_rnn2d(params, input_size, hidden_size, *, dtype=None):
+def from_rnn2d(params, input_size, hidden_size, *, layout="original", dtype=None):
     """jpuigcerver/rnn2d LSTM parameters -> Imported(weights, bias, directions, variant).
 
     params: rnn2d's parameter vector, any shape holding it in C order (flat, or
-    (4, (1 + K + 2*D) * 5 * D) split per direction). Per direction, in the order
-    top-left, top-right, bottom-left, bottom-right: [bias (5, D) | input W (K, 5, D)
-    | recurrent-y (D, 5, D) | recurrent-x (D, 5, D)], gates (a, i, o, f_y, f_x).
-    K = input_size, D = hidden_size. rnn2d's cell is h = o * tanh(c): our "graves".
-    Returns weights (4, K + 2D, 5D), bias (4, 5D), directions ("tl", "tr", "bl",
-    "br"), variant "graves". dtype: default params' float dtype, else float64.
+    (4, (1 + K + 2*D) * 5 * D) split per direction). K = input_size, D = hidden_size.
+    Per direction z = 0..3 a block [bias (5, D) | W (K, 5, D) | R1 (D, 5, D) |
+    R2 (D, 5, D)]; layout says what the blocks mean (RNN2D_LAYOUTS):
+
+    layout="original" (the default; rnn2d's first layout): gates (a, i, o, f_y,
+        f_x); R1 = U_y (from h of the previous row), R2 = U_x (previous column);
+        directions z = TL, TR, BL, BR; c = i*a + f_y*c_up + f_x*c_left and
+        h = o*tanh(c): our "graves".
+    layout="current" (rnn2d's current code): gates (i, f_y, f_x, o, a);
+        R1 = U from h of the previous column, R2 = V from the previous row;
+        directions z = TL, BL, TR, BR (z = 1 starts at the bottom-left corner);
+        the halved cell c = i*a + (f_y*c_up + f_x*c_left)/2, h = o*tanh(c): our
+        "halved".
+
+    Either way a -> g, i -> i, o -> o, f_y -> f0 (rows, axis 0), f_x -> f1
+    (columns, axis 1); our weights[z] rows are [W | h of the previous row |
+    h of the previous column]. Returns weights (4, K + 2D, 5D), bias (4, 5D),
+    the four directions in rnn2d's order and the variant. dtype: default
+    params' float dtype, else float64.
     """
+    if not isinstance(layout, str) or layout not in RNN2D_LAYOUTS:
+        raise ValueError(f"layout must be one of {tuple(RNN2D_LAYOUTS)}, got {layout!r}")
+    spec = RNN2D_LAYOUTS[layout]
     k = _check_size(input_size, "input_size")
     n = _check_size(hidden_size, "hidden_size")
     flat = _as_real(params, "params").reshape(-1)
@@ -354,12 +391,12 @@ def from_rnn2d(params, input_size, hidden_size, *, dtype=None):
             f"got {flat.size} (shape {np.shape(params)})")
     parts = []
     for block in flat.reshape(4, per_direction):
-        bias, w, u_y, u_x = np.split(block, np.cumsum([5 * n, k * 5 * n, n * 5 * n]))
+        bias, w, r1, r2 = np.split(block, np.cumsum([5 * n, k * 5 * n, n * 5 * n]))
         # (rows, 5, D) reshaped to (rows, 5D) is gate-major: blocks of D in gate order.
         parts.append(from_gate_blocks(
-            w.reshape(k, 5 * n), [u_y.reshape(n, 5 * n), u_x.reshape(n, 5 * n)], bias,
-            gate_order=RNN2D_GATE_ORDER, axis_order=("y", "x"), dtype=dtype))
-    return stack_directions(parts, RNN2D_DIRECTIONS, variant="graves")
+            w.reshape(k, 5 * n), [r1.reshape(n, 5 * n), r2.reshape(n, 5 * n)], bias,
+            gate_order=spec.gate_order, axis_order=spec.axis_order, dtype=dtype))
+    return stack_directions(parts, spec.directions, variant=spec.variant)
 
 
 def to_layer(imported, *, dtype=None):

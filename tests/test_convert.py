@@ -64,6 +64,54 @@ def rnn2d_reference(x, params, hidden_size, sizes=None):
     return out
 
 
+def rnn2d_current_reference(x, params, hidden_size, sizes=None):
+    """rnn2d's current layout and halved cell, pixel by pixel, from its own layout.
+
+    x (H, W, N, K), params the flat vector, sizes (N, 2). Per direction z:
+    [bias (5, D) | W (K, 5, D) | U (D, 5, D) | V (D, 5, D)], gates i, f_y, f_x, o, a;
+    U multiplies h of the previous column (y, xp), V h of the previous row (yp, x);
+    yp = y - 1 for z in (0, 2) else y + 1, xp = x - 1 for z in (0, 1) else x + 1;
+    c = i*tanh(a) + 0.5*f_y*c(yp, x) + 0.5*f_x*c(y, xp), h = o*tanh(c); zeros
+    outside a sample's valid region. Returns (H, W, N, 4, D), float64.
+    """
+    height, width, batch, k = x.shape
+    d = hidden_size
+    if sizes is None:
+        sizes = np.array([[height, width]] * batch)
+    out = np.zeros((height, width, batch, 4, d))
+    for z, block in enumerate(params.reshape(4, -1)):
+        bias = block[:5 * d].reshape(5, d)
+        w = block[5 * d:(5 + 5 * k) * d].reshape(k, 5, d)
+        u = block[(5 + 5 * k) * d:(5 + 5 * k + 5 * d) * d].reshape(d, 5, d)
+        v = block[(5 + 5 * k + 5 * d) * d:].reshape(d, 5, d)
+        dy = -1 if z in (0, 2) else 1
+        dx = -1 if z in (0, 1) else 1
+        ys = range(height) if dy < 0 else range(height - 1, -1, -1)
+        xs = range(width) if dx < 0 else range(width - 1, -1, -1)
+        c = np.zeros((height, width, batch, d))
+        h = np.zeros((height, width, batch, d))
+        for y in ys:
+            for xx in xs:
+                for n in range(batch):
+                    if y >= sizes[n, 0] or xx >= sizes[n, 1]:
+                        continue
+                    yp, xp = y + dy, xx + dx
+                    row_ok, col_ok = 0 <= yp < height, 0 <= xp < width
+                    pre = bias + np.einsum("k,kgd->gd", x[y, xx, n], w)
+                    if col_ok:
+                        pre = pre + np.einsum("e,egd->gd", h[y, xp, n], u)
+                    if row_ok:
+                        pre = pre + np.einsum("e,egd->gd", h[yp, xx, n], v)
+                    g_i, g_fy, g_fx, g_o = _sigmoid(pre[:4])
+                    a = np.tanh(pre[4])
+                    c_up = c[yp, xx, n] if row_ok else 0.0
+                    c_left = c[y, xp, n] if col_ok else 0.0
+                    c[y, xx, n] = g_i * a + 0.5 * g_fy * c_up + 0.5 * g_fx * c_left
+                    h[y, xx, n] = g_o * np.tanh(c[y, xx, n])
+        out[:, :, :, z, :] = h
+    return out
+
+
 def _rnn2d_problem(batch=2, height=3, width=4, k=3, d=2, seed=0):
     rng = np.random.default_rng(seed)
     params = rng.uniform(-1, 1, 4 * (1 + k + 2 * d) * 5 * d)
@@ -87,6 +135,28 @@ def test_from_rnn2d_matches_rnn2d_reference(backend, ragged):
     # rnn2d's (H, W, N, 4, D) -> ours (B, H, W, 4*D), direction z in channels [zD, (z+1)D)
     ours = expected.transpose(2, 0, 1, 3, 4).reshape(h.shape)
     assert np.abs(h - ours).max() <= 1e-10
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ragged", [False, True])
+def test_from_rnn2d_current_layout_matches_rnn2d_reference(backend, ragged):
+    k, d = 3, 2
+    x_rnn2d, params = _rnn2d_problem(k=k, d=d, seed=5)
+    sizes = np.array([[3, 4], [2, 3]]) if ragged else None
+    expected = rnn2d_current_reference(x_rnn2d, params, d, sizes)
+    imported = convert.from_rnn2d(params, k, d, layout="current")
+    assert imported.directions == ("tl", "bl", "tr", "br") and imported.variant == "halved"
+    x = np.ascontiguousarray(x_rnn2d.transpose(2, 0, 1, 3))
+    h = fastmdlstm.forward(x, **imported._asdict(), sizes=sizes, backend=backend)
+    assert np.abs(h - expected.transpose(2, 0, 1, 3, 4).reshape(h.shape)).max() <= 1e-10
+    # the original layout reads the same numbers differently
+    other = fastmdlstm.forward(x, **convert.from_rnn2d(params, k, d)._asdict(), sizes=sizes,
+                               backend=backend)
+    assert np.abs(other - h).max() > 1e-3
+    layer = convert.to_layer(imported)
+    assert (layer.variant, layer.directions) == ("halved", ("tl", "bl", "tr", "br"))
+    np.testing.assert_array_equal(layer(x, sizes), fastmdlstm.forward(
+        x, **imported._asdict(), sizes=sizes))
 
 
 def test_from_rnn2d_accepts_split_params_layer_and_dtype():
@@ -113,20 +183,25 @@ def test_from_rnn2d_accepts_split_params_layer_and_dtype():
     np.testing.assert_allclose(layer32(x.astype(np.float32)), layer(x), atol=1e-4)
 
 
-def test_from_rnn2d_slices_as_documented():
+@pytest.mark.parametrize("layout", ["original", "current"])
+def test_from_rnn2d_slices_as_documented(layout):
     """One nonzero parameter at a time lands where the README table says."""
     k, d = 2, 3
     per = (1 + k + 2 * d) * 5 * d
-    ours_gate = [0, 2, 1, 3, 4]  # rnn2d's a, i, o, f_y, f_x -> our g, o, i, f_row, f_col
+    # rnn2d's gate index -> our block (g, o, i, f_row, f_col); the first recurrent
+    # block's first row in our weights (the second block takes the other axis)
+    ours_gate, first_rec = {"original": ([0, 2, 1, 3, 4], k),       # a, i, o, f_y, f_x
+                            "current": ([2, 3, 4, 1, 0], k + d)}[layout]  # i, f_y, f_x, o, a
+    second_rec = 2 * k + d - first_rec
     # (offset within a direction's block, rows, our first row or None for the bias)
-    sections = [(0, 1, None), (5 * d, k, 0), (5 * d + k * 5 * d, d, k),
-                (5 * d + (k + d) * 5 * d, d, k + d)]
+    sections = [(0, 1, None), (5 * d, k, 0), (5 * d + k * 5 * d, d, first_rec),
+                (5 * d + (k + d) * 5 * d, d, second_rec)]
     rng = np.random.default_rng(0)
     for z, (offset, rows, first), _ in itertools.product(range(4), sections, range(3)):
         r, g, v = rng.integers(rows), rng.integers(5), rng.integers(d)
         params = np.zeros(4 * per)
         params[z * per + offset + r * 5 * d + g * d + v] = 1.0
-        imported = convert.from_rnn2d(params, k, d)
+        imported = convert.from_rnn2d(params, k, d, layout=layout)
         weights, bias = np.zeros_like(imported.weights), np.zeros_like(imported.bias)
         if first is None:
             bias[z, ours_gate[g] * d + v] = 1.0
@@ -289,6 +364,9 @@ def test_from_rnn2d_errors():
         convert.from_rnn2d(params, 3.0, 2)
     with pytest.raises(TypeError, match="params must hold real numbers"):
         convert.from_rnn2d(params.astype(complex), 3, 2)
+    with pytest.raises(ValueError, match=r"layout must be one of \('original', 'current'\), "
+                                         r"got 'newest'"):
+        convert.from_rnn2d(params, 3, 2, layout="newest")
 
 
 def _blocks(c=3, n=2, d=2):
