@@ -162,3 +162,30 @@ def test_gemm_tiles_agree_bitwise_whatever_the_cell_count(dtype):
         _kernels._preactivation(rows, w, bias, 1, acc, m_cnt)
         np.testing.assert_array_equal(acc[:m_cnt], alone[:m_cnt])
         assert np.isnan(acc[m_cnt:]).all()  # nothing written past the cells asked for
+
+
+@pytest.mark.parametrize("variant", ["slstm", "stable"])
+def test_backward_with_kept_preactivations_is_bitwise_the_same(variant):
+    """The kernels can keep the forward's pre-activations (Forward.pre_out) and
+    hand them to the backward (run_backward(pre=...)) instead of recomputing
+    them: the same bits, either way."""
+    from fastmdlstm import _api
+
+    x, weights, bias = make_problem(3, (9, 11), 3, 5, directions=2, dtype=np.float32)
+    w, b, _ = _api._check_params(weights, bias, 2, 3, x.dtype)
+    signs = _api.parse_directions(["tl", "br"], 2, count=2)
+    sizes = np.array([[9, 11], [4, 11], [9, 2]])
+    h = np.empty(x.shape[:-1] + (10,), np.float32)
+    c, pre = np.empty_like(h), np.empty(x.shape[:-1] + (50,), np.float32)
+    _api._run_forward_kernel("serial", x, w, b, 2, variant, signs, sizes, True, h, c, pre=pre)
+    grad_h = np.random.default_rng(0).standard_normal(h.shape).astype(np.float32)
+    empty = np.empty((0,) * 5, np.float32)
+
+    def run(kept):
+        return _kernels.run_backward(
+            "batch", x[:, None], w, b, 2, _kernels.VARIANTS[variant], sizes, signs, False,
+            empty, empty, h[:, None], c[:, None], grad_h[:, None], empty, 2,
+            pre=None if kept is None else kept[:, None])
+
+    for got, want in zip(run(pre)[:3], run(None)[:3]):
+        np.testing.assert_array_equal(got, want)
