@@ -32,8 +32,6 @@ except ImportError:  # pragma: no cover - exercised in a subprocess test
 __all__ = ["Stream2D", "Stream3D", "StreamState"]
 
 _OPTS = {"cache": True, "nogil": True, "error_model": "numpy"}
-# The variants a stream runs (the kernels' cell update, tested bitwise here).
-VARIANTS = ("slstm", "graves")
 
 
 # --- compiled steps ------------------------------------------------------------------
@@ -111,7 +109,7 @@ def _stream_params(weights, bias, d, dtype, variant):
     the stream's own aligned copies."""
     if _kernels is None:
         raise RuntimeError("fastmdlstm's streams need numba, which cannot be imported")
-    variant = _api._check_choice(variant, "variant", VARIANTS)
+    variant = _api.check_variant(variant, d)
     for name, value in (("weights", weights), ("bias", bias)):
         _api._plain_array(value, name)
         if not _api._is_float(value.dtype):
@@ -209,7 +207,7 @@ class Stream2D:
         B, the samples fed together.
     width : int
         W, the pixels of a row.
-    variant : {"slstm", "graves"}
+    variant : {"slstm", "graves", "halved", "stable"}
     dtype : float32 or float64, optional
         The stream's dtype (inputs and outputs); default: that of weights.
 
@@ -358,7 +356,7 @@ class Stream3D:
     bias : ndarray, shape (6N,) or (1, 6N)
     batch, height, width : int
         B, H, W.
-    variant : {"slstm", "graves"}
+    variant : {"slstm", "graves", "halved", "stable"}
     dtype : float32 or float64, optional
         Default: that of weights.
     """
