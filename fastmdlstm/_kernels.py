@@ -476,7 +476,8 @@ def _by_problem(name, forward_impl, backward_impl):
     time (a function passed as an argument would defeat Numba's on-disk
     cache), in plain Python (NUMBA_DISABLE_JIT) by isinstance. Numba inlines
     no call with *args, so the wrappers are made with the impls' own
-    parameter names."""
+    parameter names; they are inlined (a call passing the bundle cost the
+    forward ~40 % on digits, whose groups are small)."""
     params = ", ".join(inspect.signature(
         getattr(forward_impl, "py_func", forward_impl)).parameters)
     first = params.split(",")[0]
@@ -495,7 +496,7 @@ def _by_problem(name, forward_impl, backward_impl):
 
     scope["typed"] = typed
     exec(f"def typed_{name}({params}):\n    return typed({params})", scope)
-    overload(dispatch)(scope["typed_" + name])
+    overload(dispatch, inline="always")(scope["typed_" + name])
     return dispatch
 
 
