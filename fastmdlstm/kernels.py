@@ -18,7 +18,7 @@ on one thread. Shape contract (all arrays of one float dtype, float32 or float64
     bias     (5N,)               or (1, 5N)
     h, c     (B, H+1, W+1, N)    C-contiguous; row 0 and column 0 hold the boundary
                                  states (only read), the rest is written
-    variant  0 ("slstm") or 1 ("graves")
+    variant  a code of VARIANTS: 0 "slstm", 1 "graves", 2 "halved", 3 "stable"
 
 Dimensions, dtypes and layouts are checked when the caller compiles (a short
 TypingError naming the argument); shapes when it runs (a ValueError; a few
@@ -37,6 +37,8 @@ from ._kernels import VARIANTS
 
 __all__ = ["forward_inplace_2d", "VARIANTS"]
 
+_VARIANT_COUNT = len(VARIANTS)  # codes 0 .. _VARIANT_COUNT - 1
+
 
 def forward_inplace_2d(x, weights, bias, h, c, variant):
     """One "tl" scan of a 2-D spatial LSTM, in place (see the module docstring).
@@ -44,6 +46,15 @@ def forward_inplace_2d(x, weights, bias, h, c, variant):
     Callable from @njit code and from Python; weights (C + 2N, 5N) or
     (1, C + 2N, 5N), bias (5N,) or (1, 5N). Returns None.
     """
+    if numba.config.DISABLE_JIT:  # plain Python (the coverage run): no overload applies
+        if weights.ndim == 3:
+            if weights.shape[0] != 1 or bias.shape[0] != 1:
+                raise ValueError("forward_inplace_2d: weights (Z, C + 2N, 5N) and bias "
+                                 "(Z, 5N) must hold one direction, Z = 1")
+            weights, bias = weights[0], bias[0]
+        _check_shapes(x, weights, bias, h, c, variant)
+        _kernels.forward_inplace_2d(x, weights, bias, h, c, variant)
+        return
     _entry(x, weights, bias, h, c, variant)
 
 
@@ -77,7 +88,7 @@ def _check_types(x, weights, bias, h, c, variant):
         raise _typing_error(f"bias must be {shape} to go with {weights.ndim}-D weights, "
                             f"got {bias.ndim}-D")
     if not isinstance(variant, (types.Integer, types.IntegerLiteral)):
-        raise _typing_error(f"variant must be an integer (0 slstm, 1 graves), got {variant}")
+        raise _typing_error(f"variant must be an integer code of VARIANTS, got {variant}")
 
 
 @numba.njit(cache=True, nogil=True)
@@ -95,8 +106,9 @@ def _check_shapes(x, weights, bias, h, c, variant):
         if (s[0] != x.shape[0] or s[1] != x.shape[1] + 1 or s[2] != x.shape[2] + 1
                 or s[3] != n):
             raise ValueError("forward_inplace_2d: h and c must have shape (B, H+1, W+1, N)")
-    if variant != 0 and variant != 1:
-        raise ValueError("forward_inplace_2d: variant must be 0 (slstm) or 1 (graves)")
+    if variant < 0 or variant >= _VARIANT_COUNT:
+        raise ValueError("forward_inplace_2d: variant must be a code of "
+                         "fastmdlstm.kernels.VARIANTS (0 slstm, 1 graves, 2 halved, 3 stable)")
 
 
 @overload(forward_inplace_2d, jit_options={"nogil": True})
