@@ -497,8 +497,10 @@ def forward(x: FloatArray, weights: FloatArray, bias: FloatArray, *,
         any byte order; cast to x's dtype (a small copy) when it differs.
     bias : ndarray, shape (Z, (3+d)*N), or ((3+d)*N,) for Z = 1
         Float, cast like weights.
-    variant : {"slstm", "graves"}
-        h = tanh(c * o) ("slstm", Theis & Bethge) or h = o * tanh(c) ("graves").
+    variant : {"slstm", "graves", "halved", "stable"}
+        h = tanh(c * o) ("slstm", Theis & Bethge) or h = o * tanh(c) ("graves");
+        "halved" averages the d forget terms, "stable" (2-D only) mixes the two
+        predecessors' cells with a gate lam (fastmdlstm/_cells.py, README "The math").
     directions : str, tuple of int, or a sequence of them, optional
         The corner each of the Z scans starts from, one per weights[z]: names
         "tl", "tr", "bl", "br" (2-D only) or sign tuples of d entries +1/-1
@@ -635,7 +637,7 @@ def forward_inplace(x: FloatArray, weights: FloatArray, bias: FloatArray,
         h[:, 1:, 1:] and c[:, 1:, 1:]. They must not share memory with x, the
         parameters or each other, nor overlap themselves (interleaved views
         such as buf[..., ::2] and buf[..., 1::2] are fine).
-    variant : {"slstm", "graves"}
+    variant : {"slstm", "graves", "halved", "stable"}
         As in `forward`.
     backend : {"auto", "numba", "python"}
         As in `forward`.

@@ -110,7 +110,7 @@ def backward(
         returned for these arguments. The cells are recomputed from x and the
         stored predecessor states (no gates are stored); a recomputed c or h
         that disagrees with the given one beyond rounding raises ValueError.
-    variant : {"slstm", "graves"}
+    variant : {"slstm", "graves", "halved", "stable"}
     directions : None, str or sequence
         As in forward (None: one scan from the origin corner).
     sizes : numpy.ndarray, optional
@@ -210,7 +210,7 @@ def backward_inplace(
         the written states h[:, 1:, ..., 1:].
     grad_c : numpy.ndarray, optional
         The same for c[:, 1:, ..., 1:]; None means zero.
-    variant : {"slstm", "graves"}
+    variant : {"slstm", "graves", "halved", "stable"}
     backend : {"auto", "numba", "python"}
 
     Returns

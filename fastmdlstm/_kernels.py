@@ -1326,7 +1326,8 @@ def forward_inplace_2d(x, weights, bias, h, c, variant):
 
     x (B, H, W, C); weights (C + 2N, 5N) C-contiguous; bias (5N,);
     h, c (B, H+1, W+1, N) C-contiguous, boundary states in row 0 and column 0;
-    variant 0 ("slstm") or 1 ("graves"). All arrays of one float dtype.
+    variant: a code of VARIANTS (0 "slstm", 1 "graves", 2 "halved", 3 "stable").
+    All arrays of one float dtype.
     No argument checks: the caller guarantees shapes and dtypes (the Python
     function fastmdlstm.forward_inplace checks them). Runs on one thread.
     """

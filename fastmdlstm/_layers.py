@@ -102,7 +102,7 @@ class MDLSTM:
             The scans (names "tl", "tr", "bl", "br" in 2-D, or sign tuples of d
             entries), one weight set each. Default: ("tl",) in 2-D, else
             ((1,) * d,).
-        variant : {"slstm", "graves"}
+        variant : {"slstm", "graves", "halved", "stable"}
             The cell output rule (see `fastmdlstm.forward`).
         dtype : float32 or float64
             Of the parameters, and so of the computation's expected input.
@@ -140,7 +140,7 @@ class MDLSTM:
             float32 or float64 in either byte order.
         directions : optional
             Z directions (names or sign tuples), as for `__init__`.
-        variant : {"slstm", "graves"}
+        variant : {"slstm", "graves", "halved", "stable"}
         dtype : float32 or float64, optional
             Of the layer; default: the weights' float dtype (in native byte order).
         ndim : {1, 2, 3}, optional

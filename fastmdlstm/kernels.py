@@ -8,7 +8,7 @@
 
     @numba.njit
     def step(x, weights, bias, h, c):
-        forward_inplace_2d(x, weights, bias, h, c, 0)   # 0 = "slstm", 1 = "graves"
+        forward_inplace_2d(x, weights, bias, h, c, 0)   # 0 = "slstm"; VARIANTS has the codes
 
 forward_inplace_2d(x, weights, bias, h, c, variant): one "tl" scan, in place,
 on one thread. Shape contract (all arrays of one float dtype, float32 or float64):

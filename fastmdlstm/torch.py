@@ -227,7 +227,7 @@ def mdlstm(x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor, *,
         x's dtype; layout as in `fastmdlstm.forward`.
     bias : Tensor, shape (Z, (3+d)*N), or ((3+d)*N,) for Z = 1
         x's dtype.
-    variant : {"slstm", "graves"}
+    variant : {"slstm", "graves", "halved", "stable"} ("stable": 2-D only)
     directions : optional
         As in `fastmdlstm.forward`: names ("tl", "tr", "bl", "br", 2-D) or sign
         tuples, one per weights[z]; default one scan from the origin corner.
