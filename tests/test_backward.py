@@ -4,7 +4,7 @@ python, padding, argument checks and saturation."""
 
 import numpy as np
 import pytest
-from helpers import make_problem
+from helpers import EPS, close, fd_check, make_problem, setup_inplace
 from naive import backward as naive_backward
 from naive import scan_backward as naive_scan_backward
 
@@ -49,31 +49,6 @@ def setup(name, variant, dtype=np.float64, ragged=True, with_grad_c=True, seed=0
     return x, w, b, h, c, grad_h, grad_c, kw
 
 
-def setup_inplace(d, variant, dtype=np.float64, seed=0, backend="python"):
-    """x, weights, bias and the padded h, c after forward_inplace from random
-    boundary states; random grad_h, grad_c for the written part."""
-    spatial = {1: (5,), 2: (3, 4), 3: (2, 3, 2)}[d]
-    x, w, b = make_problem(2, spatial, 2, 3, dtype=dtype, seed=seed, scale=1.5)
-    rng = np.random.default_rng(seed + 200)
-    shape = (2,) + tuple(s + 1 for s in spatial) + (3,)
-    h = rng.uniform(-1, 1, shape).astype(dtype)
-    c = rng.uniform(-2, 2, shape).astype(dtype)
-    inner = (slice(None),) + (slice(1, None),) * d
-    h[inner] = 0
-    c[inner] = 0
-    boundary = h.copy(), c.copy()
-    fastmdlstm.forward_inplace(x, w, b, h, c, variant=variant, backend=backend)
-    grad_h = rng.standard_normal(h[inner].shape).astype(dtype)
-    grad_c = rng.standard_normal(h[inner].shape).astype(dtype)
-    return x, w, b, h, c, grad_h, grad_c, boundary
-
-
-def close(got, want, tol):
-    scale = max(1.0, float(np.abs(want).max(initial=0)))
-    err = float(np.abs(np.asarray(got, np.float64) - want).max(initial=0))
-    assert err <= tol * scale, (err, scale)
-
-
 # --- against the independent naive backward -----------------------------------
 
 
@@ -114,26 +89,6 @@ def test_inplace_matches_naive(backend, variant, d):
 
 
 # --- against central finite differences of the forward ---------------------------
-
-EPS = 1e-5
-
-
-def fd_check(loss, arrays, grads, rng, picks=5):
-    """Central differences of loss() at `picks` random coordinates of each array
-    (perturbed in place and restored) vs the analytic gradients."""
-    for name, arr, grad in zip(("x", "weights", "bias", "h0", "c0"), arrays, grads):
-        flat = arr.reshape(-1)  # a view: the arrays are contiguous
-        for k in rng.choice(flat.size, size=min(picks, flat.size), replace=False):
-            old = flat[k]
-            flat[k] = old + EPS
-            up = loss()
-            flat[k] = old - EPS
-            down = loss()
-            flat[k] = old
-            fd = (up - down) / (2 * EPS)
-            an = grad.reshape(-1)[k]
-            assert abs(fd - an) <= 1e-6 * max(abs(an), 1e-2), (name, k, fd, an)
-
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("variant", VARIANTS)

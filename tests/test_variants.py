@@ -5,7 +5,7 @@ finite differences, numba against python on every driver, the refusal of
 
 import numpy as np
 import pytest
-from helpers import make_problem
+from helpers import close, fd_check, make_problem, setup_inplace
 from naive import backward as naive_backward
 from naive import forward as naive_forward
 from naive import scan as naive_scan
@@ -49,31 +49,6 @@ def setup(name, variant, dtype=np.float64, seed=0, backend="python"):
     grad_h = rng.standard_normal(h.shape).astype(dtype)
     grad_c = rng.standard_normal(h.shape).astype(dtype)
     return x, w, b, h, c, grad_h, grad_c, kw
-
-
-def setup_inplace(d, variant, dtype=np.float64, seed=0, backend="python"):
-    """x, weights, bias, the padded h, c after forward_inplace from random
-    boundary states, random grad_h, grad_c and the boundary states."""
-    spatial = SPATIAL[d]
-    x, w, b = make_problem(2, spatial, 2, 3, dtype=dtype, seed=seed, scale=1.5)
-    rng = np.random.default_rng(seed + 200)
-    shape = (2,) + tuple(s + 1 for s in spatial) + (3,)
-    h = rng.uniform(-1, 1, shape).astype(dtype)
-    c = rng.uniform(-2, 2, shape).astype(dtype)
-    inner = (slice(None),) + (slice(1, None),) * d
-    h[inner] = 0
-    c[inner] = 0
-    boundary = h.copy(), c.copy()
-    fastmdlstm.forward_inplace(x, w, b, h, c, variant=variant, backend=backend)
-    grad_h = rng.standard_normal(h[inner].shape).astype(dtype)
-    grad_c = rng.standard_normal(h[inner].shape).astype(dtype)
-    return x, w, b, h, c, grad_h, grad_c, boundary
-
-
-def close(got, want, tol):
-    scale = max(1.0, float(np.abs(want).max(initial=0)))
-    err = float(np.abs(np.asarray(got, np.float64) - want).max(initial=0))
-    assert err <= tol * scale, (err, scale)
 
 
 # --- python backend against the naive loops ---------------------------------------
@@ -147,29 +122,6 @@ def test_halved_differs_from_graves_by_the_half():
 
 
 # --- finite differences of the forward ------------------------------------------------
-
-EPS = 1e-5
-
-
-def fd_check(loss, arrays, grads, rng, picks=5, where=None):
-    """Central differences of loss() at `picks` random coordinates of each array
-    (perturbed in place and restored; where: optional masks of the allowed
-    coordinates) against the analytic gradients."""
-    for k_arr, (arr, grad) in enumerate(zip(arrays, grads)):
-        flat = arr.reshape(-1)  # a view: the arrays are contiguous
-        allowed = (np.arange(flat.size) if where is None or where[k_arr] is None
-                   else np.flatnonzero(where[k_arr].reshape(-1)))
-        for k in rng.choice(allowed, size=min(picks, allowed.size), replace=False):
-            old = flat[k]
-            flat[k] = old + EPS
-            up = loss()
-            flat[k] = old - EPS
-            down = loss()
-            flat[k] = old
-            fd = (up - down) / (2 * EPS)
-            an = grad.reshape(-1)[k]
-            assert abs(fd - an) <= 1e-6 * max(abs(an), 1e-2), (k_arr, k, fd, an)
-
 
 @pytest.mark.parametrize("variant,name", [("halved", "1d-4"), ("halved", "2d-4"),
                                           ("halved", "3d-4"), ("stable", "2d-1"),
