@@ -257,9 +257,17 @@ def _preactivation(rows, w, bias, z, acc, m_cnt):
             _tile_1x2(rows, m, w, bias, z, g, lanes, acc)
             m += 1
         g += 2 * lanes
-    while g + lanes <= n_gates:
-        for m in range(m_cnt):
+    while g + lanes <= n_gates:  # one vector of gates left: cells side by side
+        m = 0
+        while m + 8 <= m_cnt:
+            _tile_8x1(rows, m, w, bias, z, g, acc)
+            m += 8
+        while m + 4 <= m_cnt:
+            _tile_4x1(rows, m, w, bias, z, g, acc)
+            m += 4
+        while m < m_cnt:
             _tile_1x1(rows, m, w, bias, z, g, acc)
+            m += 1
         g += lanes
     if g == n_gates:
         return
@@ -361,6 +369,57 @@ def _tile_1x2(rows, m, w, bias, z, g, lanes, acc):
 
 
 @njit(**_ACT)
+def _tile_8x1(rows, m, w, bias, z, g, acc):
+    """8 cells x 1 vector: 8 independent chains hide the FMA latency (one
+    chain per cell ran at an eighth of the speed: the backward's da @ W.T
+    has a 16-gate tail of input channels)."""
+    n_rows, n_gates = w.shape[1], w.shape[2]
+    at = z * n_rows * n_gates + g
+    c0 = vload(bias, z * n_gates + g)
+    c1, c2, c3, c4, c5, c6, c7 = c0, c0, c0, c0, c0, c0, c0
+    for r in range(n_rows):
+        w0 = vload(w, at)
+        at += n_gates
+        c0 = vfma(vsplat(rows[m, r]), w0, c0)
+        c1 = vfma(vsplat(rows[m + 1, r]), w0, c1)
+        c2 = vfma(vsplat(rows[m + 2, r]), w0, c2)
+        c3 = vfma(vsplat(rows[m + 3, r]), w0, c3)
+        c4 = vfma(vsplat(rows[m + 4, r]), w0, c4)
+        c5 = vfma(vsplat(rows[m + 5, r]), w0, c5)
+        c6 = vfma(vsplat(rows[m + 6, r]), w0, c6)
+        c7 = vfma(vsplat(rows[m + 7, r]), w0, c7)
+    out = m * n_gates + g
+    vstore(acc, out, c0)
+    vstore(acc, out + n_gates, c1)
+    vstore(acc, out + 2 * n_gates, c2)
+    vstore(acc, out + 3 * n_gates, c3)
+    vstore(acc, out + 4 * n_gates, c4)
+    vstore(acc, out + 5 * n_gates, c5)
+    vstore(acc, out + 6 * n_gates, c6)
+    vstore(acc, out + 7 * n_gates, c7)
+
+
+@njit(**_ACT)
+def _tile_4x1(rows, m, w, bias, z, g, acc):
+    n_rows, n_gates = w.shape[1], w.shape[2]
+    at = z * n_rows * n_gates + g
+    c0 = vload(bias, z * n_gates + g)
+    c1, c2, c3 = c0, c0, c0
+    for r in range(n_rows):
+        w0 = vload(w, at)
+        at += n_gates
+        c0 = vfma(vsplat(rows[m, r]), w0, c0)
+        c1 = vfma(vsplat(rows[m + 1, r]), w0, c1)
+        c2 = vfma(vsplat(rows[m + 2, r]), w0, c2)
+        c3 = vfma(vsplat(rows[m + 3, r]), w0, c3)
+    out = m * n_gates + g
+    vstore(acc, out, c0)
+    vstore(acc, out + n_gates, c1)
+    vstore(acc, out + 2 * n_gates, c2)
+    vstore(acc, out + 3 * n_gates, c3)
+
+
+@njit(**_ACT)
 def _tile_1x1(rows, m, w, bias, z, g, acc):
     n_rows, n_gates = w.shape[1], w.shape[2]
     at = z * n_rows * n_gates + g
@@ -372,29 +431,41 @@ def _tile_1x1(rows, m, w, bias, z, g, acc):
 
 
 @njit(**_INLINE)
-def _cell_update(gates, c_prev, d, n, variant, h, c):
-    """Gates from the pre-activations gates ((3+d)N,) and the predecessors'
-    cells c_prev (d, N); the new state into h, c (N,).
+def _activate(gates, n):
+    """The gates' activations in place: tanh on the candidate block (the first
+    n), the logistic function on the rest (output, input, forget gates; the
+    stable cell's lambda too). One array per loop: it vectorises cleanly."""
+    cand, rest = gates[:n], gates[n:]
+    for r in range(n):
+        cand[r] = fast_tanh(cand[r])
+    for r in range(rest.size):
+        rest[r] = fast_sigmoid(rest[r])
 
-    Every loop runs over r in range(n) on views: an index like gates[k*n + r]
+
+@njit(**_INLINE)
+def _cell_update(act, c_prev, d, n, variant, h, c):
+    """The new state into h, c (N,) from the gates' activations act ((3+d)N,:
+    see _activate) and the predecessors' cells c_prev (d, N).
+
+    Every loop runs over r in range(n) on views: an index like act[k*n + r]
     is not provably >= 0, so Numba's negative-index fix-up made LLVM vectorise
     such loops with gathers and scatters.
     """
-    cand, out_gate, in_gate = gates[:n], gates[n:2 * n], gates[2 * n:3 * n]
+    cand, out_gate, in_gate = act[:n], act[n:2 * n], act[2 * n:3 * n]
     for r in range(n):
-        c[r] = fast_tanh(cand[r]) * fast_sigmoid(in_gate[r])
-    one = as_float_like(1.0, gates[0])  # a bare 1 would make float32 sums float64
+        c[r] = cand[r] * in_gate[r]
+    one = as_float_like(1.0, act[0])  # a bare 1 would make float32 sums float64
     if variant == STABLE:  # one forget gate, lam mixes the two predecessors
-        forget, lam, up, left = gates[3 * n:4 * n], gates[4 * n:5 * n], c_prev[0], c_prev[1]
+        forget, lam, up, left = act[3 * n:4 * n], act[4 * n:5 * n], c_prev[0], c_prev[1]
         for r in range(n):
-            mix = fast_sigmoid(lam[r])
-            c[r] += fast_sigmoid(forget[r]) * (mix * up[r] + (one - mix) * left[r])
+            mix = lam[r]
+            c[r] += forget[r] * (mix * up[r] + (one - mix) * left[r])
     else:  # one forget gate per axis; "halved" averages the d terms
         scale = as_float_like(1.0 / d if variant == HALVED else 1.0, one)
         for k in range(d):
-            forget, before = gates[(3 + k) * n:(4 + k) * n], c_prev[k]
+            forget, before = act[(3 + k) * n:(4 + k) * n], c_prev[k]
             for r in range(n):
-                c[r] += fast_sigmoid(forget[r]) * before[r] * scale
+                c[r] += forget[r] * before[r] * scale
     # Saturate instead of overflowing: two forget-gated predecessors can make
     # |c| grow geometrically along a scan; at +-inf, c_up - c_left could give
     # NaN from finite inputs.
@@ -402,10 +473,10 @@ def _cell_update(gates, c_prev, d, n, variant, h, c):
         c[r] = saturate(c[r])
     if variant == SLSTM:
         for r in range(n):
-            h[r] = fast_tanh(c[r] * fast_sigmoid(out_gate[r]))
+            h[r] = fast_tanh(c[r] * out_gate[r])
     else:  # GRAVES, HALVED, STABLE
         for r in range(n):
-            h[r] = fast_sigmoid(out_gate[r]) * fast_tanh(c[r])
+            h[r] = out_gate[r] * fast_tanh(c[r])
 
 
 @njit(**_OPTS)
@@ -448,17 +519,18 @@ def _add2(src_a, src_b, dst_a, dst_b):
 # Forward: inplace -> h_state, c_state (B, P0, P1, P2, N) are the caller's padded
 #   tensors (boundary at index 0 of each real axis), else empty, and h (and c
 #   when cell_out has elements) go to out, cell_out (B, S0, S1, S2, Z*N);
-#   the pre-activations to pre_out (B, S0, S1, S2, Z*G) when it has elements.
+#   the gates' activations (_activate) to pre_out (B, S0, S1, S2, Z*G) when it
+#   has elements.
 # Backward: the reverse scan, run as a scan in the mirrored direction (signs
 #   are the forward's negated, so the schedules' "previous" cells are the
 #   forward's next ones). h, c: the forward's outputs (B, S0, S1, S2, Z*N), or
-#   h_state, c_state in the inplace layout; pre: the forward's pre_out, or
-#   empty to recompute the pre-activations; grad_h, grad_c (grad_c may be
+#   h_state, c_state in the inplace layout; pre: the forward's pre_out (activations), or
+#   empty to recompute them; grad_h, grad_c (grad_c may be
 #   empty) like h; dx (B, S0, S1, S2, C), zeroed, accumulated over directions;
 #   dw (B*Z, R, G), db (B*Z, G) per-(sample, direction) sums; dh_state,
-#   dc_state like h_state: gradients of the boundary states; wt (Z, G, R) is
-#   w transposed, recurrent rows first, and zero (Z, R) zeros, for the
-#   da @ w.T product; mismatch
+#   dc_state like h_state: gradients of the boundary states; wt (Z, G, R') is
+#   w transposed, recurrent rows first, zero-padded to R' >= R (whole
+#   vectors), and zero (Z, R') zeros, for the da @ w.T product; mismatch
 #   (B*Z,) is set where the recomputed forward differs from h, c.
 
 Forward = namedtuple("Forward", ("x", "w", "bias", "d", "n", "variant", "sizes", "signs",
@@ -587,6 +659,7 @@ def _forward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, spl
     for m in range(m_cnt):
         i = i0 + m
         ax, ix, jx, j = _cell_coords(p, b, z, t, a, i, split, shift)
+        _activate(acc[m], n)
         if p.pre_out.size:  # kept for a backward
             _copy(acc[m], p.pre_out[b, ax, ix, jx, z * n_gates:(z + 1) * n_gates])
         _cell_update(acc[m], c_prev[m], d, n, p.variant, h_new, c_new)
@@ -681,14 +754,17 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
         i = i0 + m
         ax, ix, jx, j = _cell_coords(p, b, z, t, a, i, split, shift)
         if p.pre.size:  # kept by the forward
-            _copy(p.pre[b, ax, ix, jx, z * n_gates:(z + 1) * n_gates], acc[m])
+            act = p.pre[b, ax, ix, jx, z * n_gates:(z + 1) * n_gates]
+        else:
+            act = acc[m]
+            _activate(act, n)
         if p.inplace:
             h_cell = p.h_state[b, ax + o0, ix + o1, jx + o2]
             c_cell = p.c_state[b, ax + o0, ix + o1, jx + o2]
         else:
             h_cell = p.h[b, ax, ix, jx, ch:ch + n]
             c_cell = p.c[b, ax, ix, jx, ch:ch + n]
-        if _cell_grad(acc[m], c_prev[m], h_cell, c_cell, dh[m], dc[m], d, n, p.variant,
+        if _cell_grad(act, c_prev[m], h_cell, c_cell, dh[m], dc[m], d, n, p.variant,
                       p.tol, da[m], drows[m]):
             p.mismatch[bz] = 1
     # da @ W.T: the same micro-kernel, W.T as the weights and zero bias; wt's
@@ -721,83 +797,81 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
 
 
 @njit(**_INLINE)
-def _cell_grad(pre, c_prev, h, c, dh, dc, d, n, variant, tol, da, tmp):
-    """da ((3+d)N,) of one cell from its pre-activations, the predecessors'
-    cells c_prev (d, N), its stored h, c and total gradients dh, dc. On
-    return dc is the gradient of c itself and c_prev[k] the c message to
-    predecessor k (dc * f_k). Recomputes c and h on the way (tmp: N scratch
-    values) and returns whether they differ from the stored ones by more than
-    tol * (1 + |value|): h, c not from a matching forward.
+def _cell_grad(act, c_prev, h, c, dh, dc, d, n, variant, tol, da, tmp):
+    """da ((3+d)N,) of one cell from its gates' activations act (see
+    _activate), the predecessors' cells c_prev (d, N), its stored h, c and
+    total gradients dh, dc. On return dc is the gradient of c itself and
+    c_prev[k] the c message to predecessor k (dc * f_k). Recomputes c and h
+    on the way (tmp: N scratch values) and returns whether they differ from
+    the stored ones by more than tol * (1 + |value|): h, c not from a
+    matching forward.
 
-    Loops over r on views, without branches, so that they vectorise: the
-    activations are first stored in da's blocks and then overwritten with
-    their gradients.
+    Loops over r on views, without branches, each writing one or two arrays,
+    so that they vectorise; the only activation left is tanh of the cell.
     """
     one = as_float_like(1.0, c[0])
     zero = one - one
     big = saturate(as_float_like(np.inf, one))  # the largest finite float
-    cand, out_gate, in_gate = pre[:n], pre[n:2 * n], pre[2 * n:3 * n]
+    g, o, i = act[:n], act[n:2 * n], act[2 * n:3 * n]
     da_g, da_o, da_i = da[:n], da[n:2 * n], da[2 * n:3 * n]
     cell = tmp[:n]
-    for r in range(n):
-        g = fast_tanh(cand[r])
-        da_g[r], da_o[r], da_i[r] = g, fast_sigmoid(out_gate[r]), fast_sigmoid(in_gate[r])
-        cell[r] = g * da_i[r]
+    for r in range(n):  # the forward's c, as _cell_update computes it
+        cell[r] = g[r] * i[r]
     scale = as_float_like(1.0 / d if variant == HALVED else 1.0, one)
     if variant == STABLE:
-        da_f, da_l, up, left = da[3 * n:4 * n], da[4 * n:5 * n], c_prev[0], c_prev[1]
+        forget, lam, up, left = act[3 * n:4 * n], act[4 * n:5 * n], c_prev[0], c_prev[1]
         for r in range(n):
-            da_f[r], da_l[r] = fast_sigmoid(pre[3 * n + r]), fast_sigmoid(pre[4 * n + r])
-            cell[r] += da_f[r] * (da_l[r] * up[r] + (one - da_l[r]) * left[r])
+            mix = lam[r]
+            cell[r] += forget[r] * (mix * up[r] + (one - mix) * left[r])
     else:
         for k in range(d):
-            forget, da_f = pre[(3 + k) * n:(4 + k) * n], da[(3 + k) * n:(4 + k) * n]
-            before = c_prev[k]
+            forget, before = act[(3 + k) * n:(4 + k) * n], c_prev[k]
             for r in range(n):
-                da_f[r] = fast_sigmoid(forget[r])
-                cell[r] += da_f[r] * before[r] * scale
-    bad = False
+                cell[r] += forget[r] * before[r] * scale
+    bad = 0
     for r in range(n):
         cr = c[r]
-        bad |= abs(saturate(cell[r]) - cr) > tol * (one + abs(cr))
+        bad += abs(saturate(cell[r]) - cr) > tol * (one + abs(cr))
     if variant == SLSTM:
         for r in range(n):
-            o, cr = da_o[r], c[r]
-            hr = fast_tanh(cr * o)
-            bad |= abs(hr - h[r]) > tol * (one + abs(h[r]))
+            o_r, cr = o[r], c[r]
+            hr = fast_tanh(cr * o_r)
+            bad += abs(hr - h[r]) > tol * (one + abs(h[r]))
             du = dh[r] * (one - hr * hr)
-            dc[r] += du * o
-            da_o[r] = du * cr * o * (one - o)
+            dc[r] += du * o_r
+            da_o[r] = du * cr * o_r * (one - o_r)
     else:  # GRAVES, HALVED, STABLE
         for r in range(n):
-            o, cr = da_o[r], c[r]
+            o_r, cr = o[r], c[r]
             tc = fast_tanh(cr)
-            hr = o * tc
-            bad |= abs(hr - h[r]) > tol * (one + abs(h[r]))
-            dc[r] += dh[r] * o * (one - tc * tc)
-            da_o[r] = dh[r] * tc * o * (one - o)
+            hr = o_r * tc
+            bad += abs(hr - h[r]) > tol * (one + abs(h[r]))
+            dc[r] += dh[r] * o_r * (one - tc * tc)
+            da_o[r] = dh[r] * tc * o_r * (one - o_r)
+    for r in range(n):  # saturated: the clip's derivative is 0
+        dc[r] = dc[r] if abs(c[r]) < big else zero
     for r in range(n):
-        dcr = dc[r] if abs(c[r]) < big else zero  # saturated: the clip's derivative is 0
-        dc[r] = dcr
-        g, i = da_g[r], da_i[r]
-        da_g[r] = dcr * i * (one - g * g)
-        da_i[r] = dcr * g * i * (one - i)
+        g_r, i_r, dcr = g[r], i[r], dc[r]
+        da_g[r] = dcr * i_r * (one - g_r * g_r)
+        da_i[r] = dcr * g_r * i_r * (one - i_r)
     if variant == STABLE:
-        da_f, da_l, up, left = da[3 * n:4 * n], da[4 * n:5 * n], c_prev[0], c_prev[1]
+        forget, lam, up, left = act[3 * n:4 * n], act[4 * n:5 * n], c_prev[0], c_prev[1]
+        da_f, da_l = da[3 * n:4 * n], da[4 * n:5 * n]
         for r in range(n):
-            f, mix = da_f[r], da_l[r]
+            f, mix = forget[r], lam[r]
             d_mix = dc[r] * f  # gradient of lam*up + (1-lam)*left
             da_f[r] = dc[r] * (mix * up[r] + (one - mix) * left[r]) * f * (one - f)
             da_l[r] = d_mix * (up[r] - left[r]) * mix * (one - mix)
             up[r], left[r] = d_mix * mix, d_mix * (one - mix)
-        return bad
+        return bad > 0
     for k in range(d):
-        da_f, before = da[(3 + k) * n:(4 + k) * n], c_prev[k]
+        forget, da_f, before = act[(3 + k) * n:(4 + k) * n], da[(3 + k) * n:(4 + k) * n], \
+            c_prev[k]
         for r in range(n):
-            f = da_f[r]
+            f = forget[r]
             da_f[r] = dc[r] * scale * before[r] * f * (one - f)
             before[r] = dc[r] * scale * f
-    return bad
+    return bad > 0
 
 
 @njit(**_ACT)
@@ -957,15 +1031,24 @@ def _isinstance_forward(p):
     return lambda p: is_forward
 
 
+# Element counts of the scratch arrays of one thread, in _carve's order.
 @njit(**_OPTS)
-def _scratch_parts(p, group):
-    """Element counts of the scratch arrays of one thread, in _carve's order."""
+def _forward_scratch_parts(p, group):
     n_rows, n_gates, d, n = p.w.shape[1], p.w.shape[2], p.d, p.n
-    if isinstance_forward(p):  # acc, rows, c_prev, h_new, c_new
-        return (group * n_gates, group * n_rows, group * d * n, n, n, 0, 0)
+    # acc, rows, c_prev, h_new, c_new
+    return (group * n_gates, group * n_rows, group * d * n, n, n, 0, 0)
+
+
+@njit(**_OPTS)
+def _backward_scratch_parts(p, group):
+    n_rows, n_gates, d, n = p.w.shape[1], p.w.shape[2], p.d, p.n
     # acc, rows, c_prev, da, drows, dh, dc
-    return (group * n_gates, group * n_rows, group * d * n, group * n_gates, group * n_rows,
-            group * n, group * n)
+    return (group * n_gates, group * n_rows, group * d * n, group * n_gates,
+            group * p.wt.shape[2], group * n, group * n)
+
+
+_scratch_parts = _by_problem("_scratch_parts", _forward_scratch_parts,
+                             _backward_scratch_parts)
 
 
 @njit(**_OPTS)
@@ -1009,7 +1092,8 @@ def _backward_carve(p, buf, group):
     acc, rows, c_prev, da, drows, dh, dc = _carve_flat(p, buf, group)
     return (rows.reshape((group, n_rows)), c_prev.reshape((group, d, n)),
             acc.reshape((group, n_gates)), da.reshape((group, n_gates)),
-            drows.reshape((group, n_rows)), dh.reshape((group, n)), dc.reshape((group, n)))
+            drows.reshape((group, p.wt.shape[2])), dh.reshape((group, n)),
+            dc.reshape((group, n)))
 
 
 _carve = _by_problem("_carve", _forward_carve, _backward_carve)
@@ -1281,7 +1365,7 @@ def run_backward(driver, x, w, bias, d, variant, sizes, signs, inplace, h_state,
     """The backward of a forward, on a numba driver ("serial" or "batch").
 
     Arrays in the canonical layout (see Backward); signs are the forward's;
-    pre: the forward's pre-activations, or None to recompute them.
+    pre: the forward's gate activations (pre_out), or None to recompute them.
     Returns (dx, dw (Z, R, G), db (Z, G), dh_state, dc_state, mismatch): the
     per-(sample, direction) weight sums are added up sample by sample in
     order, so the result does not depend on the thread count.
@@ -1300,9 +1384,13 @@ def run_backward(driver, x, w, bias, d, variant, sizes, signs, inplace, h_state,
     dc_state = np.zeros(c_state.shape, dtype) if inplace else empty
     mismatch = np.zeros(pairs, np.int64)
     n_in = x.shape[4]
-    wt = np.ascontiguousarray(np.concatenate((w[:, n_in:], w[:, :n_in]), 1).transpose(0, 2, 1))
+    # W.T, recurrent rows first, zero-padded to whole vectors (a ragged tail of
+    # input channels would run at a fraction of the speed) and 64-byte aligned.
+    lanes = VEC_BYTES // dtype.itemsize
+    wt = _aligned_zeros((z_count, n_gates, -(-n_rows // lanes) * lanes), dtype)
+    wt[:, :, :n_rows] = np.concatenate((w[:, n_in:], w[:, :n_in]), 1).transpose(0, 2, 1)
     tol = dtype.type(1e-3 if dtype == np.float32 else 1e-7)
-    prob = Backward(x, w, wt, np.zeros((z_count, n_rows), dtype), bias, d, n, variant, sizes,
+    prob = Backward(x, w, wt, np.zeros((z_count, wt.shape[2]), dtype), bias, d, n, variant, sizes,
                     np.ascontiguousarray(-signs), inplace, h_state, c_state, h, c,
                     empty if pre is None else pre, grad_h, grad_c, dx, dw, db, dh_state,
                     dc_state, tol, mismatch)
@@ -1315,6 +1403,14 @@ def run_backward(driver, x, w, bias, d, variant, sizes, signs, inplace, h_state,
         grad_w += dw_sum[b]
         grad_b += db_sum[b]
     return dx, grad_w, grad_b, dh_state, dc_state, bool(mismatch.any())
+
+
+def _aligned_zeros(shape, dtype):
+    """Zeros of shape and dtype starting on a 64-byte boundary."""
+    size = math.prod(shape)
+    buf = np.zeros(size + 64 // dtype.itemsize, dtype)
+    skip = (-buf.ctypes.data % 64) // dtype.itemsize
+    return buf[skip:skip + size].reshape(shape)
 
 
 # --- kernel-level entry point for users' own @njit code --------------------------

@@ -68,6 +68,7 @@ def _step(x, out, w, bias, variant, hs, cs, hl, cl, row, j, rows, c_prev, acc):
     _kernels._preactivation(rows, w, bias, 0, acc, batch)
     for b in range(batch):
         h_dst, c_dst = hs[b, j + 1], cs[b, j + 1]
+        _kernels._activate(acc[b], n)
         _kernels._cell_update(acc[b], c_prev[b], 2, n, variant, h_dst, c_dst)
         dst = out[b]
         for r in range(n):
