@@ -45,7 +45,7 @@ from numba.extending import overload
 
 from ._cells import HALVED, SLSTM, STABLE, VARIANT_CODES
 from ._dispatch import GROUP, ring_rows, tile_blocks
-from ._lowlevel import VEC_BYTES, borrow, keep_alive, vfma, vload, vsplat, vstore
+from ._lowlevel import VEC_BYTES, borrow, keep_alive, prefetch, vfma, vload, vsplat, vstore
 
 # error_model="numpy": a float division must not carry a zero-division branch,
 # which would stop the activation loops from vectorising.
@@ -496,6 +496,15 @@ def _copy2(src_a, src_b, dst_a, dst_b):
 
 
 @njit(**_OPTS)
+def _prefetch_lines(v):
+    """Prefetch the cache lines of the 1-D view v."""
+    line = 64 // v.itemsize
+    for k in range(0, v.size, line):
+        prefetch(v, k)
+    prefetch(v, v.size - 1)  # a view need not start on a line
+
+
+@njit(**_OPTS)
 def _add(src, dst):
     for r in range(dst.size):
         dst[r] += src[r]
@@ -704,6 +713,19 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
     g0, g1, g2 = _extents(p.signs, z, d)
     bz = b * p.w.shape[0] + z
     ch = z * n
+    n_gates = p.w.shape[2]
+    # The big arrays are read a few cells per row at a time, rows far apart:
+    # more streams than the hardware prefetcher follows. Ask for what these
+    # rows need two steps on (their next cells' gates, states, gradients).
+    if not p.inplace:
+        for m in range(m_cnt):
+            ax, ix, jx, j = _cell_coords(p, b, z, t + 2, a, i0 + m, split, shift)
+            if j < s2:
+                if p.pre.size:
+                    _prefetch_lines(p.pre[b, ax, ix, jx, z * n_gates:(z + 1) * n_gates])
+                _prefetch_lines(p.h[b, ax, ix, jx, ch:ch + n])
+                _prefetch_lines(p.c[b, ax, ix, jx, ch:ch + n])
+                _prefetch_lines(p.grad_h[b, ax, ix, jx, ch:ch + n])
     # Gather: the forward's row (x and the forward predecessors' h, i.e. the
     # next cells of this scan), the predecessors' c, and the messages from
     # this scan's previous cells (the forward successors). All reads come
@@ -747,7 +769,6 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
                 u, v = _roll_pos(ring, t - 1, qa, qi, qj, s1_all)
                 _add2(roll_h[slot, u, v, k * n:(k + 1) * n],
                       roll_c[slot, u, v, k * n:(k + 1) * n], dh_m, dc_m)
-    n_gates = p.w.shape[2]
     if p.pre.size == 0:
         _preactivation(rows, p.w, p.bias, z, acc, m_cnt)
     for m in range(m_cnt):

@@ -139,6 +139,26 @@ def vfma(typingctx, a, b, c):
 
 
 @intrinsic
+def prefetch(typingctx, arr, index):
+    """Ask for the cache line holding arr.flat[index] (llvm.prefetch, read,
+    keep in all levels); never faults, changes nothing but timing."""
+    if not (isinstance(arr, types.Array) and arr.layout == "C"):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch")
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, index), codegen
+
+
+@intrinsic
 def borrow(typingctx, arr):
     """arr without its allocation record (see the module docstring)."""
     if not isinstance(arr, types.Array):
@@ -177,6 +197,9 @@ if numba.config.DISABLE_JIT:  # plain-Python stand-ins (see the module docstring
 
     def vfma(a, b, c):  # noqa: F811
         return a * b + c
+
+    def prefetch(arr, index):  # noqa: F811
+        return None
 
     def borrow(arr):  # noqa: F811
         return arr
