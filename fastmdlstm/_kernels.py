@@ -45,7 +45,18 @@ from numba.extending import overload
 
 from ._cells import HALVED, SLSTM, STABLE, VARIANT_CODES
 from ._dispatch import GROUP, ring_rows, tile_blocks
-from ._lowlevel import VEC_BYTES, borrow, keep_alive, prefetch, vfma, vload, vsplat, vstore
+from ._lowlevel import (
+    VEC_BYTES,
+    borrow,
+    keep_alive,
+    prefetch,
+    store_fence,
+    vfma,
+    vload,
+    vsplat,
+    vstore,
+    vstore_stream,
+)
 
 # error_model="numpy": a float division must not carry a zero-division branch,
 # which would stop the activation loops from vectorising.
@@ -496,6 +507,20 @@ def _copy2(src_a, src_b, dst_a, dst_b):
 
 
 @njit(**_OPTS)
+def _copy_streaming(src, dst):
+    """dst[:] = src with non-temporal stores where dst is whole aligned
+    vectors (the kept gates: written once, read back by the backward long
+    after; a normal store would first read every line); else a plain copy.
+    The caller fences (store_fence) before the data are read."""
+    lanes = VEC_BYTES // dst.itemsize
+    if dst.ctypes.data % VEC_BYTES or dst.size % lanes:
+        _copy(src, dst)
+        return
+    for k in range(0, dst.size, lanes):
+        vstore_stream(dst, k, vload(src, k))
+
+
+@njit(**_OPTS)
 def _prefetch_lines(v):
     """Prefetch the cache lines of the 1-D view v."""
     line = 64 // v.itemsize
@@ -670,7 +695,7 @@ def _forward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, spl
         ax, ix, jx, j = _cell_coords(p, b, z, t, a, i, split, shift)
         _activate(acc[m], n)
         if p.pre_out.size:  # kept for a backward
-            _copy(acc[m], p.pre_out[b, ax, ix, jx, z * n_gates:(z + 1) * n_gates])
+            _copy_streaming(acc[m], p.pre_out[b, ax, ix, jx, z * n_gates:(z + 1) * n_gates])
         _cell_update(acc[m], c_prev[m], d, n, p.variant, h_new, c_new)
         if p.inplace:
             pa, pi, pj = a + o0, i + o1, j + o2
@@ -681,6 +706,8 @@ def _forward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, spl
         _copy(h_new, p.out[b, ax, ix, jx, ch:ch + n])
         if p.cell_out.size:
             _copy(c_new, p.cell_out[b, ax, ix, jx, ch:ch + n])
+    if p.pre_out.size:
+        store_fence()
 
 
 # --- the backward's group body -----------------------------------------------------

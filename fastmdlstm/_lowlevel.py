@@ -110,6 +110,38 @@ def vstore(typingctx, arr, index, value):
 
 
 @intrinsic
+def vstore_stream(typingctx, arr, index, value):
+    """arr.flat[index : index + lanes] = value with a non-temporal store (it
+    bypasses the caches and needs no read of the line first), for data read
+    back much later. The address must be VEC_BYTES-aligned. Weakly ordered:
+    store_fence() before anything else may read it."""
+    _check_array(arr)
+
+    def codegen(context, builder, sig, args):
+        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1])
+        store = builder.store(args[2], builder.bitcast(ptr, args[2].type.as_pointer()),
+                              align=VEC_BYTES)
+        store.set_metadata("nontemporal",
+                           builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+
+    return types.void(arr, index, value), codegen
+
+
+@intrinsic
+def store_fence(typingctx):
+    """A full fence (mfence on x86): the non-temporal stores before it are
+    ordered before every later load and store (and visible to other threads
+    once they synchronise)."""
+
+    def codegen(context, builder, sig, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
 def vsplat(typingctx, x):
     """A vector with every lane equal to the scalar x."""
     vec = Vec(x)
@@ -191,6 +223,12 @@ if numba.config.DISABLE_JIT:  # plain-Python stand-ins (see the module docstring
 
     def vstore(arr, index, value):  # noqa: F811
         arr.reshape(-1)[index:index + value.size] = value
+
+    def vstore_stream(arr, index, value):  # noqa: F811
+        vstore(arr, index, value)
+
+    def store_fence():  # noqa: F811
+        return None
 
     def vsplat(x):  # noqa: F811
         return np.full(VEC_BYTES // np.dtype(type(x)).itemsize, x)

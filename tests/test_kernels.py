@@ -164,28 +164,46 @@ def test_gemm_tiles_agree_bitwise_whatever_the_cell_count(dtype):
         assert np.isnan(acc[m_cnt:]).all()  # nothing written past the cells asked for
 
 
+def _offset_empty(shape, dtype, offset):
+    """An empty array whose data start `offset` elements past a 64-byte boundary."""
+    size = int(np.prod(shape))
+    buf = np.empty(size + 64, dtype)
+    skip = (-buf.ctypes.data % 64) // buf.itemsize + offset
+    return buf[skip:skip + size].reshape(shape)
+
+
 @pytest.mark.parametrize("variant", ["slstm", "stable"])
-def test_backward_with_kept_preactivations_is_bitwise_the_same(variant):
-    """The kernels can keep the forward's pre-activations (Forward.pre_out) and
-    hand them to the backward (run_backward(pre=...)) instead of recomputing
-    them: the same bits, either way."""
+@pytest.mark.parametrize("hidden", [5, 16])
+def test_backward_with_kept_gates_is_bitwise_the_same(variant, hidden):
+    """The kernels can keep the forward's gate activations (Forward.pre_out)
+    and hand them to the backward (run_backward(pre=...)) instead of
+    recomputing them: the same bits, either way. hidden=16 makes every cell's
+    gates whole aligned vectors, written with non-temporal stores when the
+    buffer is aligned: the same values as the plain copy of a misaligned one."""
     from fastmdlstm import _api
 
-    x, weights, bias = make_problem(3, (9, 11), 3, 5, directions=2, dtype=np.float32)
+    x, weights, bias = make_problem(3, (9, 11), 3, hidden, directions=2, dtype=np.float32)
     w, b, _ = _api._check_params(weights, bias, 2, 3, x.dtype)
     signs = _api.parse_directions(["tl", "br"], 2, count=2)
     sizes = np.array([[9, 11], [4, 11], [9, 2]])
-    h = np.empty(x.shape[:-1] + (10,), np.float32)
-    c, pre = np.empty_like(h), np.empty(x.shape[:-1] + (50,), np.float32)
-    _api._run_forward_kernel("serial", x, w, b, 2, variant, signs, sizes, True, h, c, pre=pre)
+    h = np.empty(x.shape[:-1] + (2 * hidden,), np.float32)
+    c = np.empty_like(h)
+    kept = {}
+    for offset in (0, 1):
+        pre = _offset_empty(x.shape[:-1] + (2 * 5 * hidden,), np.float32, offset)
+        pre[...] = np.nan
+        _api._run_forward_kernel("serial", x, w, b, 2, variant, signs, sizes, True, h, c,
+                                 pre=pre)
+        kept[offset] = pre
+    np.testing.assert_array_equal(kept[0], kept[1])
     grad_h = np.random.default_rng(0).standard_normal(h.shape).astype(np.float32)
     empty = np.empty((0,) * 5, np.float32)
 
-    def run(kept):
+    def run(gates):
         return _kernels.run_backward(
             "batch", x[:, None], w, b, 2, _kernels.VARIANTS[variant], sizes, signs, False,
             empty, empty, h[:, None], c[:, None], grad_h[:, None], empty, 2,
-            pre=None if kept is None else kept[:, None])
+            pre=None if gates is None else gates[:, None])
 
-    for got, want in zip(run(pre)[:3], run(None)[:3]):
+    for got, want in zip(run(kept[0])[:3], run(None)[:3]):
         np.testing.assert_array_equal(got, want)
