@@ -481,8 +481,8 @@ def choose_backend(x: ArrayOrShape, weights: ArrayOrShape, *,
 def forward(x: FloatArray, weights: FloatArray, bias: FloatArray, *,
             variant: str = "slstm", directions: Directions | None = None,
             sizes: npt.ArrayLike | None = None, backend: str = "auto",
-            out: FloatArray | None = None,
-            return_cell: bool = False) -> FloatArray | tuple[FloatArray, FloatArray]:
+            out: FloatArray | None = None, return_cell: bool = False,
+            return_gates: bool = False) -> FloatArray | tuple[FloatArray, ...]:
     """Multi-dimensional LSTM forward over a batch, all directions.
 
     Parameters
@@ -518,6 +518,10 @@ def forward(x: FloatArray, weights: FloatArray, bias: FloatArray, *,
         not share memory with x, weights or bias, nor overlap itself.
     return_cell : bool
         Also return the cell states c.
+    return_gates : bool
+        Also return the gates' activations, for training: `backward` given
+        them (``gates=``) skips recomputing them. The result is then
+        (h, c, gates) whatever return_cell says (the backward needs c too).
 
     Returns
     -------
@@ -525,7 +529,16 @@ def forward(x: FloatArray, weights: FloatArray, bias: FloatArray, *,
         Hidden states of x's dtype; direction z in channels [z*N, (z+1)*N).
         `out` itself when given.
     (h, c) : tuple of ndarray
-        When return_cell is True; c has h's shape and layout.
+        When return_cell is True (and return_gates False); c has h's shape
+        and layout.
+    (h, c, gates) : tuple of ndarray
+        When return_gates is True. gates has shape (B, *spatial, Z*(3+d)*N)
+        and x's dtype: each cell's gate activations, tanh of the candidate
+        block and the logistic function of the others, applied to the
+        pre-activations ``[x | h_prev...] @ W + b``; direction z in columns
+        [z*G, (z+1)*G) (G = (3+d)*N) in the weights' gate-column order (g,
+        o, i, then the forget gates, or "stable"'s f and lam); exactly 0
+        outside each sample's valid region.
 
     Raises
     ------
@@ -547,6 +560,9 @@ def forward(x: FloatArray, weights: FloatArray, bias: FloatArray, *,
     check_variant(variant, d)
     if not isinstance(return_cell, (bool, np.bool_)):
         raise TypeError("return_cell must be a bool")
+    if not isinstance(return_gates, (bool, np.bool_)):
+        raise TypeError("return_gates must be a bool")
+    return_cell = bool(return_cell or return_gates)
     batch, spatial, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
     w, b, n = _check_params(weights, bias, d, channels, x.dtype)
     z = w.shape[0]
@@ -561,6 +577,8 @@ def forward(x: FloatArray, weights: FloatArray, bias: FloatArray, *,
     chosen, driver = _resolve_backend(backend, (batch, spatial, channels, n, z),
                                       threads=threads)
     out_bytes = math.prod(out_shape) * x.dtype.itemsize
+    gates_shape = out_shape[:-1] + (z * w.shape[2],)
+    gates_bytes = return_gates * math.prod(gates_shape) * x.dtype.itemsize
     # What this call allocates: h (unless out is given), c if asked for, and
     # the kernels' state (rolling rows or planes; whole padded states for python).
     item = x.dtype.itemsize
@@ -574,17 +592,20 @@ def forward(x: FloatArray, weights: FloatArray, bias: FloatArray, *,
             state = 2 * rows * s2 * n * item * in_flight
     else:  # padded h and c of the whole batch for one direction, and a copy of x
         state = 2 * batch * math.prod(s + 1 for s in spatial) * n * item + x.nbytes
-    _check_memory((out is None) * out_bytes + return_cell * out_bytes + state,
+    _check_memory((out is None) * out_bytes + return_cell * out_bytes + gates_bytes + state,
                   "forward of x with shape " + str(x.shape))
     if out is None:
         out = np.empty(out_shape, dtype=x.dtype)
     cell = np.empty(out_shape, dtype=x.dtype) if return_cell else None
+    gates = np.empty(gates_shape, dtype=x.dtype) if return_gates else None
     if out.size:
         if chosen == "python":
-            _reference.forward(x, w, b, variant, signs, sizes, out, cell)
+            _reference.forward(x, w, b, variant, signs, sizes, out, cell, gates)
         else:
             _run_forward_kernel(driver, x, w, b, d, variant, signs,
-                                sizes, ragged, out, cell, threads=threads)
+                                sizes, ragged, out, cell, threads=threads, pre=gates)
+    if return_gates:
+        return out, cell, gates
     return (out, cell) if return_cell else out
 
 
@@ -601,7 +622,8 @@ def _zero_outside(buf, sizes, spatial):
 def _run_forward_kernel(driver, x, w, b, d, variant, signs, sizes, ragged, out, cell,
                         group=None, threads=None, pre=None):
     """Run one numba driver; group (cells per weight pass) is for tests/benchmarks;
-    pre (B, *S, Z*(3+d)*N) receives the pre-activations when given."""
+    pre (B, *S, Z*(3+d)*N) receives the gates' activations when given (the
+    kernels' pre_out: what forward(..., return_gates=True) returns)."""
     empty = np.empty((0,) * 5, dtype=x.dtype)
     problem = _kernels.Forward(
         _canonical(x, d), w, b, d, w.shape[2] // (3 + d), _kernels.VARIANTS[variant], sizes,
@@ -614,6 +636,8 @@ def _run_forward_kernel(driver, x, w, b, d, variant, signs, sizes, ragged, out, 
         _zero_outside(out, sizes, x.shape[1:-1])
         if cell is not None:
             _zero_outside(cell, sizes, x.shape[1:-1])
+        if pre is not None:
+            _zero_outside(pre, sizes, x.shape[1:-1])
 
 
 def forward_inplace(x: FloatArray, weights: FloatArray, bias: FloatArray,

@@ -11,6 +11,7 @@ ever written: all results are new arrays.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Union
@@ -48,21 +49,26 @@ def _check_finite(value, name, sizes=None):
 
 
 def _run_kernel(driver, x, w, b, d, variant, sizes, signs, inplace, h_state, c_state, h, c,
-                grad_h, grad_c):
+                grad_h, grad_c, gates=None):
     """fastmdlstm._kernels.run_backward on canonical 5-D views, under forward's
-    launch rules; raises the mismatch ValueError when the kernel reports one."""
+    launch rules; raises the mismatch ValueError when the kernel reports one.
+    gates: the forward's gate activations (run_backward's pre), or None to
+    recompute them."""
     empty = np.empty((0,) * 5, dtype=x.dtype)
 
     def canonical(a):
         return empty if a is None else _api._canonical(a, d)
 
+    run = _api._kernels.run_backward
+    if gates is not None:
+        run = functools.partial(run, pre=canonical(gates))
     result = _api._launch(
         driver, canonical(x), w, b, d, _api._kernels.VARIANTS[variant], sizes, signs, inplace,
         canonical(h_state), canonical(c_state), canonical(h), canonical(c), canonical(grad_h),
-        canonical(grad_c), _api._threads(), run=_api._kernels.run_backward)
+        canonical(grad_c), _api._threads(), run=run)
     grad_x5, grad_w, grad_b, grad_h_state5, grad_c_state5, mismatch = result
     if mismatch:
-        raise _reference.mismatch_error()
+        raise _reference.mismatch_error(gates=gates is not None)
     return grad_x5, grad_w, grad_b, grad_h_state5, grad_c_state5
 
 
@@ -83,6 +89,7 @@ def backward(
     directions: Directions = None,
     sizes: np.ndarray | None = None,
     grad_c: np.ndarray | None = None,
+    gates: np.ndarray | None = None,
     backend: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of a forward pass with respect to x, weights and bias.
@@ -90,7 +97,10 @@ def backward(
     The backward of ``forward(x, weights, bias, variant=variant,
     directions=directions, sizes=sizes, return_cell=True)``: given the
     gradients of a loss with respect to its outputs h (and c), returns the
-    gradients of that loss with respect to x, weights and bias.
+    gradients of that loss with respect to x, weights and bias. Given the
+    gates of ``forward(..., return_gates=True)`` too, it skips recomputing
+    them (on the numba backend a matrix product of the forward's size and
+    the activations, about a third of its work).
 
     Parameters
     ----------
@@ -108,8 +118,9 @@ def backward(
     h, c : numpy.ndarray
         (B, *spatial, Z*N) of x's dtype: what ``forward(..., return_cell=True)``
         returned for these arguments. The cells are recomputed from x and the
-        stored predecessor states (no gates are stored); a recomputed c or h
-        that disagrees with the given one beyond rounding raises ValueError.
+        stored predecessor states (or from gates when given); a recomputed c
+        or h that disagrees with the given one beyond rounding raises
+        ValueError.
     variant : {"slstm", "graves", "halved", "stable"}
     directions : None, str or sequence
         As in forward (None: one scan from the origin corner).
@@ -118,6 +129,17 @@ def backward(
     grad_c : numpy.ndarray, optional
         Gradient of the loss with respect to forward's c (same shape and dtype
         as grad_h, finite); None means zero.
+    gates : numpy.ndarray, optional
+        (B, *spatial, Z*(3+d)*N) of x's dtype: the gate activations that
+        ``forward(..., return_gates=True)`` returned with h and c for these
+        arguments (entries outside a sample's valid region are ignored; any
+        strides, a non-contiguous array is copied once). Only read. The
+        numba backend takes the gates from them instead of recomputing them
+        (so it no longer compares x and the weights with h), computes each
+        cell's c and h from them and raises ValueError where those disagree
+        with the given c, h beyond rounding; the python backend compares
+        every entry with its own recomputation. Results are those of a call
+        without gates (on the numba backend bitwise). None: recompute them.
     backend : {"auto", "numba", "python"}
 
     Returns
@@ -132,8 +154,8 @@ def backward(
     TypeError
         An argument is not a numpy array of the right dtype (the error names it).
     ValueError
-        Wrong shapes, non-finite grad_h/grad_c, bad options, or h/c that do not
-        come from the forward of these arguments.
+        Wrong shapes, non-finite grad_h/grad_c, bad options, or h/c (or
+        gates) that do not come from the forward of these arguments.
 
     Notes
     -----
@@ -154,6 +176,8 @@ def backward(
         _check_array(grad_c, "grad_c", shape, x.dtype)
     _check_array(h, "h", shape, x.dtype)
     _check_array(c, "c", shape, x.dtype)
+    if gates is not None:
+        _check_array(gates, "gates", shape[:-1] + (z * w.shape[2],), x.dtype)
     _check_finite(grad_h, "grad_h", sizes if ragged else None)
     if grad_c is not None:
         _check_finite(grad_c, "grad_c", sizes if ragged else None)
@@ -164,14 +188,17 @@ def backward(
     if batch == 0 or 0 in spatial:
         grad_x, grad_w, grad_b = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)
     elif chosen == "numba":
+        if gates is not None and not gates.flags.c_contiguous:
+            gates = np.ascontiguousarray(gates)  # the kernels' one compiled layout
         grad_x5, grad_w, grad_b, _, _ = _run_kernel(
-            driver, x, w, b, d, variant, sizes, signs, False, None, None, h, c, grad_h, grad_c)
+            driver, x, w, b, d, variant, sizes, signs, False, None, None, h, c, grad_h, grad_c,
+            gates)
         grad_x = grad_x5.reshape(x.shape)
         if ragged:
             _api._zero_outside(grad_x, sizes, spatial)
     else:
         grad_x, grad_w, grad_b = _reference.backward(
-            x, w, b, grad_h, grad_c, h, c, variant, signs, sizes)
+            x, w, b, grad_h, grad_c, h, c, variant, signs, sizes, gates)
     return grad_x, _as_given(grad_w, weights), _as_given(grad_b, bias)
 
 

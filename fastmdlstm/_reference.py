@@ -17,15 +17,20 @@ table is _cells.py):
 
 The work is vectorised over the batch only; pixels are visited one by one in
 raster order, which is a valid scan order because every predecessor p - e_k
-comes earlier in it.
+comes earlier in it. On request (act_out) the forward also returns every
+cell's gate activations [g | o | i | q_0 .. q_{d-1}]: what training keeps
+between forward and backward (forward(..., return_gates=True)), so that the
+numba backward need not recompute them.
 
 The backward pass (scan_padded_backward, backward) visits the cells in reverse
 raster order, so every successor p + e_k has passed its gradient back to p
 before p is reached. It recomputes each cell's gates from x and the stored
 predecessor states, and checks that the recomputed c and h agree with the
-stored ones (h and c must come from the matching forward). Saturation: where
-|c_p| equals the largest finite float, the derivative of c_p with respect to
-its unclipped value is taken as 0.
+stored ones (h and c must come from the matching forward); gate activations
+kept by the forward, when given, are compared with the recomputed ones the
+same way (only checked: the gradients are those of the recomputation).
+Saturation: where |c_p| equals the largest finite float, the derivative of
+c_p with respect to its unclipped value is taken as 0.
 """
 
 import numpy as np
@@ -96,12 +101,20 @@ def _output_grad(variant, cell, o, h, dh):
     raise _unknown(variant)
 
 
-def scan_padded(x, weights, bias, h, c, variant):
+def _activations(g, o, i, gates):
+    """A cell's gate activations in the weights' gate-column order: what the
+    forward keeps for the backward (the kernels' pre_out)."""
+    return np.concatenate([g, o, i] + list(gates), axis=1)
+
+
+def scan_padded(x, weights, bias, h, c, variant, act_out=None):
     """One scan from the origin corner, in place over padded state tensors.
 
     x: (B, *S, C); weights (C + d*N, (3+d)*N); bias ((3+d)*N,);
     h, c: (B, *(S+1), N). Index 0 along each spatial axis holds the boundary
-    states (only read); every other entry is overwritten.
+    states (only read); every other entry is overwritten. act_out: optional
+    (B, *S, (3+d)*N), filled with each cell's gate activations: tanh of the
+    candidate block, sigma of the others (g, o, i, q_0 .. q_{d-1}).
     """
     d = x.ndim - 2
     n = h.shape[-1]
@@ -119,6 +132,8 @@ def scan_padded(x, weights, bias, h, c, variant):
         o = sigmoid(pre[:, n:2 * n])
         i = sigmoid(pre[:, 2 * n:3 * n])
         gates = [sigmoid(pre[:, (3 + k) * n:(4 + k) * n]) for k in range(d)]
+        if act_out is not None:
+            act_out[(slice(None),) + p] = _activations(g, o, i, gates)
         c_prev = [c[(slice(None),) + prev[k]] for k in range(d)]
         # |c| saturates at the largest finite float instead of overflowing
         # (the sum below may overflow first; the clip brings it back).
@@ -130,19 +145,24 @@ def scan_padded(x, weights, bias, h, c, variant):
         h[(slice(None),) + q] = _output(variant, cell, o)
 
 
-def forward(x, weights, bias, variant, signs, sizes, out, cell_out):
+def forward(x, weights, bias, variant, signs, sizes, out, cell_out, act_out=None):
     """Every direction over every sample, zero boundary states.
 
     x (B, *S, C); weights (Z, R, G); bias (Z, G); signs (Z, d) of +-1;
     sizes (B, d) valid extents; out (B, *S, Z*N) and cell_out (same, or None)
-    are filled completely (zeros outside each sample's valid region).
+    are filled completely (zeros outside each sample's valid region), and so
+    is act_out (B, *S, Z*G), or None: the gate activations (scan_padded),
+    direction z in columns [z*G, (z+1)*G).
     Samples of equal size are processed together.
     """
     d = x.ndim - 2
     n = weights.shape[2] // (3 + d)
+    n_gates = weights.shape[2]
     out[...] = 0
     if cell_out is not None:
         cell_out[...] = 0
+    if act_out is not None:
+        act_out[...] = 0
     groups = {}
     for b, s in enumerate(sizes):
         groups.setdefault(tuple(int(v) for v in s), []).append(b)
@@ -156,7 +176,9 @@ def forward(x, weights, bias, variant, signs, sizes, out, cell_out):
             shape = (len(members),) + tuple(s + 1 for s in size) + (n,)
             h = np.zeros(shape, dtype=x.dtype)
             c = np.zeros(shape, dtype=x.dtype)
-            scan_padded(xz, weights[z], bias[z], h, c, variant)
+            act = None if act_out is None else np.empty(
+                xz.shape[:-1] + (n_gates,), dtype=x.dtype)
+            scan_padded(xz, weights[z], bias[z], h, c, variant, act)
             inner = (slice(None),) + (slice(1, None),) * d
             hz, cz = h[inner], c[inner]
             if flip:
@@ -165,6 +187,9 @@ def forward(x, weights, bias, variant, signs, sizes, out, cell_out):
             out[valid + (channels,)] = hz
             if cell_out is not None:
                 cell_out[valid + (channels,)] = cz
+            if act_out is not None:
+                columns = slice(z * n_gates, (z + 1) * n_gates)
+                act_out[valid + (columns,)] = np.flip(act, axis=flip) if flip else act
 
 
 # Recomputed vs stored states may differ by rounding only (numba's activations
@@ -172,8 +197,17 @@ def forward(x, weights, bias, variant, signs, sizes, out, cell_out):
 MISMATCH_TOL = {np.dtype(np.float32): 1e-3, np.dtype(np.float64): 1e-7}
 
 
-def mismatch_error():
-    """The ValueError for h/c that do not come from the matching forward."""
+def mismatch_error(gates=False):
+    """The ValueError for h/c that do not come from the matching forward
+    (gates: the caller also passed the forward's gates)."""
+    if gates:
+        return ValueError(
+            "h/c/gates do not come from forward(x, weights, bias, ...) with these "
+            "arguments: the cells computed from the given gates and the stored "
+            "predecessor states give different c or h, or the gates differ from the "
+            "recomputed ones (pass the h, c and gates that forward(..., "
+            "return_gates=True) returned for this x, weights, bias, variant, "
+            "directions and sizes)")
     return ValueError(
         "h/c do not come from forward(x, weights, bias, ...) with these arguments: "
         "recomputing the cells from x, weights, bias and the stored predecessor "
@@ -190,14 +224,16 @@ def _disagree(recomputed, stored, tol):
     return not np.all(close | both_nan)
 
 
-def scan_padded_backward(x, weights, bias, h, c, grad_h, grad_c, variant):
+def scan_padded_backward(x, weights, bias, h, c, grad_h, grad_c, variant, act_kept=None):
     """Backward of scan_padded: gradients of one origin-corner scan.
 
     x: (B, *S, C); weights (C + d*N, (3+d)*N); bias ((3+d)*N,); h, c:
     (B, *(S+1), N) padded states as scan_padded left them (boundary states at
     index 0 along each axis). grad_h: (B, *S, N), the gradient of the loss
     with respect to the written states h[:, 1:, ..., 1:]; grad_c: the same for
-    c, or None (zero).
+    c, or None (zero). act_kept: the gate activations scan_padded put in
+    act_out (B, *S, (3+d)*N), or None; when given, each is compared with the
+    recomputed one (mismatch_error beyond the tolerance) and not used otherwise.
 
     Returns (grad_x (B, *S, C), grad_weights (C + d*N, (3+d)*N),
     grad_bias ((3+d)*N,), grad_h_state, grad_c_state), the last two of the
@@ -247,8 +283,10 @@ def scan_padded_backward(x, weights, bias, h, c, grad_h, grad_c, variant):
             c_prev = [c[prev[k]] for k in range(d)]
             cell = np.clip(_raw_cell(variant, g * i, gates, c_prev), -big, big)
             h_new = _output(variant, cell, o)
-            if _disagree(cell, c[at_q], tol) or _disagree(h_new, h[at_q], tol):
-                raise mismatch_error()
+            if _disagree(cell, c[at_q], tol) or _disagree(h_new, h[at_q], tol) or (
+                    act_kept is not None and _disagree(
+                        _activations(g, o, i, gates), act_kept[(slice(None),) + p], tol)):
+                raise mismatch_error(gates=act_kept is not None)
             dc_h, do = _output_grad(variant, cell, o, h_new, dh_all[at_q])
             # c = saturate(g*i + F(gates, c_prev)) (F: see _raw_cell)
             dc = np.where(np.abs(cell) < big, dc_all[at_q] + dc_h, 0)
@@ -273,22 +311,26 @@ def scan_padded_backward(x, weights, bias, h, c, grad_h, grad_c, variant):
     return grad_x, grad_w, grad_b, dh_all, dc_all
 
 
-def backward(x, weights, bias, grad_h, grad_c, h, c, variant, signs, sizes):
+def backward(x, weights, bias, grad_h, grad_c, h, c, variant, signs, sizes, gates=None):
     """Backward of forward: gradients of every direction over every sample.
 
     x (B, *S, C); weights (Z, R, G); bias (Z, G); grad_h (B, *S, Z*N) and
     grad_c (the same, or None): gradients of the loss w.r.t. forward's h and c;
     h, c (B, *S, Z*N): what forward(..., return_cell=True) returned for these
-    arguments; signs (Z, d); sizes (B, d). Boundary states are zero.
+    arguments; signs (Z, d); sizes (B, d); gates (B, *S, Z*G) or None: the
+    gate activations forward put in act_out, only compared with the
+    recomputed ones (scan_padded_backward's act_kept). Boundary states are zero.
 
     Returns (grad_x (B, *S, C), grad_weights (Z, R, G), grad_bias (Z, G)) in
     x's dtype. Cells outside a sample's valid region get zero grad_x and
-    contribute nothing (grad_h, grad_c, h and c there are ignored). Saturated
-    cells (|c| the largest float) pass no gradient through their clip. Raises
-    ValueError (mismatch_error) if h/c do not come from the matching forward.
+    contribute nothing (grad_h, grad_c, h, c and gates there are ignored).
+    Saturated cells (|c| the largest float) pass no gradient through their
+    clip. Raises ValueError (mismatch_error) if h/c (or gates) do not come
+    from the matching forward.
     """
     d = x.ndim - 2
     n = weights.shape[2] // (3 + d)
+    n_gates = weights.shape[2]
     dtype = x.dtype
     grad_x = np.zeros(x.shape, dtype=dtype)
     grad_w = np.zeros(weights.shape, dtype=dtype)
@@ -313,9 +355,11 @@ def backward(x, weights, bias, grad_h, grad_c, h, c, variant, signs, sizes):
             hz[inner] = mirror(h[channels])
             cz[inner] = mirror(c[channels])
             gc = None if grad_c is None else mirror(grad_c[channels])
+            kept = None if gates is None else mirror(
+                gates[valid + (slice(z * n_gates, (z + 1) * n_gates),)])
             gx, gw, gb, _, _ = scan_padded_backward(
                 mirror(xs), weights[z], bias[z], hz, cz, mirror(grad_h[channels]), gc,
-                variant)
+                variant, kept)
             grad_x[valid] += mirror(gx)
             grad_w[z] += gw
             grad_b[z] += gb
