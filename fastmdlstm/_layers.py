@@ -265,9 +265,15 @@ class MDLSTM:
         x, sizes, backend
             As for calling the layer.
         train : bool
-            Keep x, sizes and the forward's h and c (one extra array the size
-            of h: the cells) until the next training forward. Do not modify
-            x or the returned h in place before `backward` (it checks them).
+            Keep x, sizes and the forward's h, c and gates until the next
+            training forward: beyond x and h, the cells (an array the size
+            of h) and the gates' activations ((3+d)*N values per cell and
+            direction, the issue's one array per gate group), so that
+            `backward` need not recompute them; and a copy of the
+            parameters, so that `backward` refuses to run after they
+            changed (an optimiser step in between). Do not modify x or the
+            returned h in place before `backward`: it checks h, but with the
+            kept gates the numba backend no longer sees a changed x.
 
         Returns
         -------
@@ -280,14 +286,15 @@ class MDLSTM:
             raise ValueError(f"x must have shape (B, *{self._ndim} spatial axes, C), "
                              f"got ndim={x.ndim}")
         self._tape = None  # a failed forward must not leave the previous one's tape
-        h, c = forward(x, self.weights, self.bias, variant=self.variant,
-                       directions=self.directions, sizes=sizes, backend=backend,
-                       return_cell=True)
-        self._tape = (x, sizes, h, c, backend)
+        h, c, gates = forward(x, self.weights, self.bias, variant=self.variant,
+                              directions=self.directions, sizes=sizes, backend=backend,
+                              return_gates=True)
+        self._tape = (x, sizes, h, c, gates, backend, self.weights.copy(), self.bias.copy())
         return h
 
     def backward(self, grad_h: FloatArray, *, grad_c: FloatArray | None = None) -> FloatArray:
-        """Gradients of the last training forward (``forward(..., train=True)``).
+        """Gradients of the last training forward (``forward(..., train=True)``):
+        `fastmdlstm.backward` given the x, h, c and gates it kept.
 
         Parameters
         ----------
@@ -311,16 +318,24 @@ class MDLSTM:
         RuntimeError
             No training forward ran before.
         TypeError, ValueError
-            As `fastmdlstm.backward` (e.g. grad_h of the wrong shape; the
-            parameters, x or h changed since the forward).
+            As `fastmdlstm.backward` (e.g. grad_h of the wrong shape, h
+            changed since the forward); ValueError also when the layer's
+            weights or bias changed since the forward.
         """
         if getattr(self, "_tape", None) is None:
             raise RuntimeError("backward needs a training forward first: "
                                "layer.forward(x, train=True)")
-        x, sizes, h, c, backend = self._tape
+        x, sizes, h, c, gates, backend, weights, bias = self._tape
+        if not (np.array_equal(weights, self.weights, equal_nan=True)
+                and np.array_equal(bias, self.bias, equal_nan=True)):
+            raise ValueError("the layer's weights or bias changed since its training forward "
+                             "(an optimiser step between forward and backward?): backward "
+                             "needs the parameters that computed h; run "
+                             "forward(x, train=True) again")
         grad_x, self.grad_weights, self.grad_bias = _backward.backward(
             x, self.weights, self.bias, grad_h, h=h, c=c, variant=self.variant,
-            directions=self.directions, sizes=sizes, grad_c=grad_c, backend=backend)
+            directions=self.directions, sizes=sizes, grad_c=grad_c, gates=gates,
+            backend=backend)
         return grad_x
 
     def parameters(self) -> list:

@@ -314,3 +314,53 @@ def test_infinite_pre_activations():
     if "numba" in kept:
         fastmdlstm.backward(x, w, b, np.ones_like(h), h=h, c=c, gates=kept["numba"],
                             backend="python")
+
+
+# --- layers ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["auto", "python"])
+@pytest.mark.parametrize("cls, spatial, directions, variant", [
+    (fastmdlstm.MDLSTM2D, (4, 5), ("tl", "br"), "stable"),
+    (fastmdlstm.MDLSTM3D, (2, 3, 2), ((1, 1, 1), (-1, 1, -1)), "halved"),
+    (fastmdlstm.MDLSTM, (6,), ((1,), (-1,)), "slstm"),
+])
+def test_layer_keeps_the_gates(backend, cls, spatial, directions, variant):
+    kw = {"ndim": len(spatial)} if cls is fastmdlstm.MDLSTM else {}
+    layer = cls(3, 4, directions=directions, variant=variant, dtype=np.float64, seed=1, **kw)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2,) + spatial + (3,))
+    sizes = np.array([spatial, [max(1, s - 1) for s in spatial]])
+    h = layer.forward(x, sizes, train=True, backend=backend)
+    gates = layer._tape[4]
+    assert gates.shape == x.shape[:-1] + (layer.weights.shape[0] * layer.weights.shape[2],)
+    grad_h = rng.standard_normal(h.shape)
+    grad_x = layer.backward(grad_h)
+    h2, c2 = fastmdlstm.forward(x, layer.weights, layer.bias, variant=variant,
+                                directions=directions, sizes=sizes, return_cell=True,
+                                backend=backend)
+    want = fastmdlstm.backward(x, layer.weights, layer.bias, grad_h, h=h2, c=c2,
+                               variant=variant, directions=directions, sizes=sizes,
+                               backend=backend)
+    for got, expected in zip((grad_x, *layer.gradients()), want):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_layer_refuses_changed_parameters_with_gates():
+    """The kept gates hide changed weights from the kernels' check, so the layer
+    compares its parameters with those of the training forward."""
+    layer = fastmdlstm.MDLSTM2D(2, 3, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((1, 4, 4, 2))
+    h = layer.forward(x, train=True)
+    layer.backward(np.ones_like(h))
+    before = layer.bias[0, 0]
+    layer.bias[0, 0] += 1e-9
+    with pytest.raises(ValueError, match="weights or bias changed since its training forward"):
+        layer.backward(np.ones_like(h))
+    layer.bias[0, 0] = before
+    layer.backward(np.ones_like(h))  # the same values again
+    layer.weights = layer.weights * 2  # replaced, not updated in place
+    with pytest.raises(ValueError, match="changed"):
+        layer.backward(np.ones_like(h))
+    layer.forward(x, train=True)
+    layer.backward(np.ones_like(h))
