@@ -3,15 +3,19 @@
 Import it explicitly (``import fastmdlstm.torch``); it needs PyTorch 2.4 or newer
 (``pip install "fastmdlstm[torch]"``). Nothing else in fastmdlstm imports torch.
 
-- ``torch.ops.fastmdlstm.mdlstm(x, weights, bias, variant, directions, sizes)``
-  returns ``(h, c)``: `fastmdlstm.forward` with ``return_cell=True`` on CPU
-  tensors, channel-last (B, *spatial, C) -> (B, *spatial, Z*N), d = 1, 2 or 3
-  spatial axes. ``directions`` is the flat list of the Z sign tuples (Z*d
-  entries of +1/-1); ``sizes`` an optional (B, d) int64 tensor.
+- ``torch.ops.fastmdlstm.mdlstm(x, weights, bias, variant, directions, sizes,
+  keep_gates=False)`` returns ``(h, c, gates)``: `fastmdlstm.forward` with
+  ``return_cell=True`` on CPU tensors, channel-last (B, *spatial, C) ->
+  (B, *spatial, Z*N), d = 1, 2 or 3 spatial axes. ``directions`` is the flat
+  list of the Z sign tuples (Z*d entries of +1/-1); ``sizes`` an optional
+  (B, d) int64 tensor. With ``keep_gates`` gates holds the gate activations
+  (B, *spatial, Z*(3+d)*N) of ``forward(..., return_gates=True)``, else it is
+  an empty tensor; it is not differentiable (saved for the backward only).
 - Its autograd formula calls a second op, ``torch.ops.fastmdlstm.mdlstm_backward``,
   which wraps `fastmdlstm.backward` (gradients of x, weights and bias from those
-  of h and c). Both ops have fake (meta) implementations, so they work under
-  ``torch.compile`` and pass ``torch.library.opcheck``.
+  of h and c; given the kept gates it skips recomputing them). Both ops have
+  fake (meta) implementations, so they work under ``torch.compile`` and pass
+  ``torch.library.opcheck``.
 - `mdlstm` is the friendly entry point (direction names, argument checks);
   `MDLSTM2d` and `MDLSTM3d` are modules holding the parameters.
 
@@ -67,35 +71,45 @@ def _sizes_array(sizes):
 # --- the ops -------------------------------------------------------------------------
 
 _FORWARD_SCHEMA = ("(Tensor x, Tensor weights, Tensor bias, str variant, int[] directions, "
-                   "Tensor? sizes) -> (Tensor, Tensor)")
+                   "Tensor? sizes, bool keep_gates=False) -> (Tensor, Tensor, Tensor)")
 _BACKWARD_SCHEMA = ("(Tensor x, Tensor weights, Tensor bias, Tensor h, Tensor c, "
                     "Tensor grad_h, Tensor? grad_c, str variant, int[] directions, "
-                    "Tensor? sizes) -> (Tensor, Tensor, Tensor)")
+                    "Tensor? sizes, Tensor? gates=None) -> (Tensor, Tensor, Tensor)")
 
 
 @torch.library.custom_op("fastmdlstm::mdlstm", mutates_args=(), device_types="cpu",
                          schema=_FORWARD_SCHEMA)
-def _mdlstm_op(x, weights, bias, variant, directions, sizes):
-    """fastmdlstm.forward(..., return_cell=True) on channel-last CPU tensors."""
+def _mdlstm_op(x, weights, bias, variant, directions, sizes, keep_gates=False):
+    """fastmdlstm.forward(..., return_cell=True) on channel-last CPU tensors; the
+    gates' activations too with keep_gates (else an empty tensor)."""
     d = x.dim() - 2
-    h, c = _api.forward(_array(x), _array(weights), _array(bias), variant=variant,
-                        directions=_signs(directions, d), sizes=_sizes_array(sizes),
-                        return_cell=True)
-    return torch.from_numpy(h), torch.from_numpy(c)
+    result = _api.forward(_array(x), _array(weights), _array(bias), variant=variant,
+                          directions=_signs(directions, d), sizes=_sizes_array(sizes),
+                          return_cell=True, return_gates=bool(keep_gates))
+    if not keep_gates:
+        result = (*result, np.empty((0,), result[0].dtype))
+    return tuple(torch.from_numpy(a) for a in result)
+
+
+def _gates_shape(x, weights, keep_gates):
+    return (*x.shape[:-1], weights.shape[0] * weights.shape[2]) if keep_gates else (0,)
 
 
 @_mdlstm_op.register_fake
-def _mdlstm_fake(x, weights, bias, variant, directions, sizes):
+def _mdlstm_fake(x, weights, bias, variant, directions, sizes, keep_gates=False):
     d = x.dim() - 2
     z, gates = weights.shape[0], weights.shape[2]
     shape = (*x.shape[:-1], z * (gates // (3 + d)))
-    return x.new_empty(shape), x.new_empty(shape)
+    return (x.new_empty(shape), x.new_empty(shape),
+            x.new_empty(_gates_shape(x, weights, keep_gates)))
 
 
 @torch.library.custom_op("fastmdlstm::mdlstm_backward", mutates_args=(), device_types="cpu",
                          schema=_BACKWARD_SCHEMA)
-def _mdlstm_backward_op(x, weights, bias, h, c, grad_h, grad_c, variant, directions, sizes):
-    """fastmdlstm.backward: gradients of x, weights and bias."""
+def _mdlstm_backward_op(x, weights, bias, h, c, grad_h, grad_c, variant, directions, sizes,
+                        gates=None):
+    """fastmdlstm.backward: gradients of x, weights and bias (given the kept
+    gates, without recomputing them)."""
     d = x.dim() - 2
     # Gradients from autograd are often expanded views (zero strides, e.g. the
     # backward of a sum); one contiguous copy keeps the kernels on one layout.
@@ -103,30 +117,33 @@ def _mdlstm_backward_op(x, weights, bias, h, c, grad_h, grad_c, variant, directi
     grads = _backward.backward(
         _array(x), _array(weights), _array(bias), _array(grad_h.contiguous()),
         h=_array(h), c=_array(c), variant=variant, directions=_signs(directions, d),
-        sizes=_sizes_array(sizes), grad_c=grad_c)
+        sizes=_sizes_array(sizes), grad_c=grad_c,
+        gates=None if gates is None else _array(gates))
     return tuple(torch.from_numpy(np.ascontiguousarray(g)) for g in grads)
 
 
 @_mdlstm_backward_op.register_fake
-def _mdlstm_backward_fake(x, weights, bias, h, c, grad_h, grad_c, variant, directions, sizes):
+def _mdlstm_backward_fake(x, weights, bias, h, c, grad_h, grad_c, variant, directions, sizes,
+                          gates=None):
     # Contiguous, as the real results are, whatever the inputs' strides.
     return x.new_empty(x.shape), weights.new_empty(weights.shape), bias.new_empty(bias.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    x, weights, bias, variant, directions, sizes = inputs
-    h, c = output
-    ctx.save_for_backward(x, weights, bias, h, c, sizes)
+    x, weights, bias, variant, directions, sizes, keep_gates = inputs
+    h, c, gates = output
+    ctx.mark_non_differentiable(gates)
+    ctx.save_for_backward(x, weights, bias, h, c, sizes, gates if keep_gates else None)
     ctx.variant, ctx.directions = variant, directions
 
 
-def _backward_formula(ctx, grad_h, grad_c):
-    x, weights, bias, h, c, sizes = ctx.saved_tensors
+def _backward_formula(ctx, grad_h, grad_c, _grad_gates):
+    x, weights, bias, h, c, sizes, gates = ctx.saved_tensors
     if grad_h is None:  # only c was used
         grad_h = torch.zeros_like(h)
     grad_x, grad_w, grad_b = torch.ops.fastmdlstm.mdlstm_backward(
-        x, weights, bias, h, c, grad_h, grad_c, ctx.variant, ctx.directions, sizes)
-    return grad_x, grad_w, grad_b, None, None, None
+        x, weights, bias, h, c, grad_h, grad_c, ctx.variant, ctx.directions, sizes, gates)
+    return grad_x, grad_w, grad_b, None, None, None, None
 
 
 _mdlstm_op.register_autograd(_backward_formula, setup_context=_setup_context)
@@ -238,7 +255,10 @@ def mdlstm(x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor, *,
     -------
     h, c : Tensor, shape (B, *spatial, Z*N)
         Hidden and cell states (direction z in channels [z*N, (z+1)*N)); both
-        take part in autograd.
+        take part in autograd. When a gradient can flow (grad mode on and an
+        input requiring it), the op also keeps the gates' activations
+        ((3+d)*N values per cell and direction) for the backward, which then
+        skips recomputing them.
 
     Raises
     ------
@@ -263,7 +283,12 @@ def mdlstm(x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor, *,
     _check_shapes(x, weights, bias, d)
     flat = _flat_directions(directions, d, weights.shape[0])
     sizes = _sizes_tensor(sizes, x.shape[0], d)
-    return torch.ops.fastmdlstm.mdlstm(x, weights, bias, variant, flat, sizes)
+    # Keep the gates' activations only where a backward can follow: the
+    # backward then skips recomputing them; inference allocates nothing more.
+    keep_gates = torch.is_grad_enabled() and (
+        x.requires_grad or weights.requires_grad or bias.requires_grad)
+    h, c, _ = torch.ops.fastmdlstm.mdlstm(x, weights, bias, variant, flat, sizes, keep_gates)
+    return h, c
 
 
 # --- modules -------------------------------------------------------------------------

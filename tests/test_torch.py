@@ -70,22 +70,27 @@ CASES = {
 @pytest.mark.parametrize("name", CASES)
 def test_opcheck_forward(dtype, name):
     x, w, b, dirs, sizes = _case(dtype, **CASES[name])
-    for variant in ("slstm", "graves"):
-        args = (x, w, b, variant, _flat(dirs, x.dim() - 2), sizes)
+    for variant, keep_gates in (("slstm", False), ("graves", True)):
+        args = (x, w, b, variant, _flat(dirs, x.dim() - 2), sizes, keep_gates)
         torch.library.opcheck(torch.ops.fastmdlstm.mdlstm.default, args)
+    args = (x, w, b, "slstm", _flat(dirs, x.dim() - 2), sizes)  # keep_gates' default
+    torch.library.opcheck(torch.ops.fastmdlstm.mdlstm.default, args)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", ["2d-4dir", "2d-ragged", "3d"])
 @pytest.mark.parametrize("with_grad_c", [False, True])
-def test_opcheck_backward(dtype, name, with_grad_c):
+@pytest.mark.parametrize("with_gates", [False, True])
+def test_opcheck_backward(dtype, name, with_grad_c, with_gates):
     x, w, b, dirs, sizes = _case(dtype, **CASES[name])
     flat = _flat(dirs, x.dim() - 2)
     with torch.no_grad():
-        h, c = torch.ops.fastmdlstm.mdlstm(x, w, b, "graves", flat, sizes)
+        h, c, gates = torch.ops.fastmdlstm.mdlstm(x, w, b, "graves", flat, sizes, with_gates)
+    assert gates.shape == ((*h.shape[:-1], w.shape[0] * w.shape[2]) if with_gates else (0,))
     grad_h = torch.randn_like(h)
     grad_c = torch.randn_like(c) if with_grad_c else None
-    args = (x.detach(), w.detach(), b.detach(), h, c, grad_h, grad_c, "graves", flat, sizes)
+    args = (x.detach(), w.detach(), b.detach(), h, c, grad_h, grad_c, "graves", flat, sizes,
+            gates if with_gates else None)
     torch.library.opcheck(torch.ops.fastmdlstm.mdlstm_backward.default, args)
 
 
@@ -98,7 +103,7 @@ def test_opcheck_strided_input(dtype):
     flat = _flat(dirs, 2)
     torch.library.opcheck(torch.ops.fastmdlstm.mdlstm.default, (x, w, b, "slstm", flat, sizes))
     with torch.no_grad():
-        h, c = torch.ops.fastmdlstm.mdlstm(x, w, b, "slstm", flat, sizes)
+        h, c, _ = torch.ops.fastmdlstm.mdlstm(x, w, b, "slstm", flat, sizes)
     grad_h = torch.ones(1, dtype=dtype).expand(h.shape)  # zero strides, as from a sum
     args = (x.detach(), w.detach(), b.detach(), h, c, grad_h, None, "slstm", flat, sizes)
     torch.library.opcheck(torch.ops.fastmdlstm.mdlstm_backward.default, args)
@@ -120,6 +125,32 @@ def test_op_matches_numpy_forward_and_backward():
                                directions=dirs, sizes=sizes.numpy(), grad_c=gc.numpy())
     for got, ref in zip(grads, refs):
         np.testing.assert_array_equal(got.numpy(), ref)
+
+
+def test_op_keeps_the_gates_only_for_training():
+    """mdlstm asks the op for the gates where a backward can follow, and the
+    backward given them is bitwise the one that recomputes them."""
+    x, w, b, dirs, sizes = _case(torch.float64, **CASES["2d-ragged"])
+    flat = _flat(dirs, 2)
+    h, c, gates = torch.ops.fastmdlstm.mdlstm(x, w, b, "slstm", flat, sizes, True)
+    assert not gates.requires_grad and h.requires_grad
+    arrays = [t.detach().numpy() for t in (x, w, b)]
+    _, _, g_ref = fastmdlstm.forward(*arrays, directions=dirs, sizes=sizes.numpy(),
+                                     return_gates=True)
+    np.testing.assert_array_equal(gates.numpy(), g_ref)
+    grad_h = torch.randn_like(h)
+    args = (x.detach(), w.detach(), b.detach(), h.detach(), c.detach(), grad_h, None,
+            "slstm", flat, sizes)
+    with_gates = torch.ops.fastmdlstm.mdlstm_backward(*args, gates)
+    without = torch.ops.fastmdlstm.mdlstm_backward(*args)
+    for got, want in zip(with_gates, without):
+        assert torch.equal(got, want)
+    # Through mdlstm: the autograd node keeps them; no node without a gradient.
+    h, _ = ft.mdlstm(x, w, b, directions=dirs, sizes=sizes)
+    saved = h.grad_fn.saved_tensors
+    np.testing.assert_array_equal(saved[-1].numpy(), g_ref)
+    with torch.no_grad():
+        assert ft.mdlstm(x, w, b, directions=dirs, sizes=sizes)[0].grad_fn is None
 
 
 def test_gradient_of_c_alone():
