@@ -1,12 +1,18 @@
 """Backward (training) pass per configuration: one group "backward-NAME" each.
 
 Implementations (extra_info "impl"):
-  forward        fastmdlstm.forward(..., return_cell=True): what training runs first
-  backward       fastmdlstm.backward given that forward's h and c
+  forward        fastmdlstm.forward(..., return_cell=True, return_gates=True): what
+                 training runs first (h, c and the gates' activations)
+  backward       fastmdlstm.backward given that forward's h, c and gates (gates=)
   fwd+bwd        both, one after the other (a training step of this layer)
+  backward (recompute)
+                 fastmdlstm.backward given only the h and c of a plain
+                 forward(..., return_cell=True): it recomputes the gates (the
+                 path before gates were kept, and the one without them)
   torch fwd+bwd  the PyTorch autograd peer (bench/torch_peer.make_autograd_runner):
                  forward with grad-requiring leaves, then backward of sum(h * grad_h)
-  python backward  the NumPy fallback's backward (digits only; too slow elsewhere)
+  python backward  the NumPy fallback's backward, recomputing (digits only; too slow
+                 elsewhere)
 
 bench/report_backward.py turns the JSON into a table. In smoke mode
 (--benchmark-disable) every benchmark runs once on a shrunken configuration
@@ -49,16 +55,16 @@ def _info(config, name):
 def test_forward(run_bench, smoke, name):
     config, x, weights, bias, _ = _setup(name, smoke)
     run_bench(lambda: fastmdlstm.forward(x, weights, bias, directions=config.directions,
-                                         return_cell=True),
+                                         return_cell=True, return_gates=True),
               group=f"backward-{name}", impl="forward", **_info(config, name))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_backward(run_bench, smoke, name):
     config, x, weights, bias, grad_h = _setup(name, smoke)
-    h, c = fastmdlstm.forward(x, weights, bias, directions=config.directions,
-                              return_cell=True)
-    run_bench(lambda: fastmdlstm.backward(x, weights, bias, grad_h, h=h, c=c,
+    h, c, gates = fastmdlstm.forward(x, weights, bias, directions=config.directions,
+                                     return_cell=True, return_gates=True)
+    run_bench(lambda: fastmdlstm.backward(x, weights, bias, grad_h, h=h, c=c, gates=gates,
                                           directions=config.directions),
               group=f"backward-{name}", impl="backward", **_info(config, name))
 
@@ -68,12 +74,22 @@ def test_forward_backward(run_bench, smoke, name):
     config, x, weights, bias, grad_h = _setup(name, smoke)
 
     def step():
-        h, c = fastmdlstm.forward(x, weights, bias, directions=config.directions,
-                                  return_cell=True)
-        return fastmdlstm.backward(x, weights, bias, grad_h, h=h, c=c,
+        h, c, gates = fastmdlstm.forward(x, weights, bias, directions=config.directions,
+                                         return_cell=True, return_gates=True)
+        return fastmdlstm.backward(x, weights, bias, grad_h, h=h, c=c, gates=gates,
                                    directions=config.directions)
 
     run_bench(step, group=f"backward-{name}", impl="fwd+bwd", **_info(config, name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backward_recompute(run_bench, smoke, name):
+    config, x, weights, bias, grad_h = _setup(name, smoke)
+    h, c = fastmdlstm.forward(x, weights, bias, directions=config.directions,
+                              return_cell=True)
+    run_bench(lambda: fastmdlstm.backward(x, weights, bias, grad_h, h=h, c=c,
+                                          directions=config.directions),
+              group=f"backward-{name}", impl="backward (recompute)", **_info(config, name))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -4,11 +4,14 @@
     python bench/report_backward.py bwd.json
 
 One row per configuration: median milliseconds of our forward (with the cell
-states), our backward (given them), our forward + backward, the PyTorch autograd
-peer's forward + backward, and two ratios of those medians, all from the same
-run: "bwd / fwd" (backward time over forward time) and "torch / ours" (the
-peer's forward + backward over ours; above 1 means we are faster). The NumPy
-fallback's backward, where it was measured, follows in its own column.
+states and the gates' activations, as training runs it), our backward (given
+them), our backward given only h and c ("recompute": it recomputes the gates),
+our forward + backward, the PyTorch autograd peer's forward +
+backward, and three ratios of those medians, all from the same run: "bwd / fwd"
+(backward time over forward time), "recompute / bwd" (what keeping the gates
+saves the backward; above 1 means it helps) and "torch / ours" (the peer's
+forward + backward over ours; above 1 means we are faster). The NumPy fallback's
+backward, where it was measured, follows in its own column.
 """
 
 import json
@@ -54,20 +57,22 @@ def table(machine, medians, info):
     lines = [f"CPU: {machine.get('cpu', {}).get('brand_raw', '?')}, {threads} threads; "
              f"Python {machine.get('python_version', '?')}"
              + (f"; torch {torch_version}" if torch_version else "; torch absent"), ""]
-    lines += ["| configuration | forward ms | backward ms | fwd+bwd ms | torch fwd+bwd ms "
-              "| bwd / fwd | torch / ours | python backward ms |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| configuration | forward ms | backward ms | backward (recompute) ms "
+              "| fwd+bwd ms | torch fwd+bwd ms | bwd / fwd | recompute / bwd | torch / ours "
+              "| python backward ms |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     names = [n for n in ORDER if n in medians] + sorted(n for n in medians if n not in ORDER)
     for name in names:
         row = medians[name]
         fwd, bwd, both = row.get("forward"), row.get("backward"), row.get("fwd+bwd")
+        recompute = row.get("backward (recompute)")
         peer, python = row.get("torch fwd+bwd"), row.get("python backward")
         extra = info.get(name, {})
         shape = ""
         if "batch" in extra and "spatial" in extra:
             shape = f" (B={extra['batch']}, {'×'.join(map(str, extra['spatial']))})"
-        cells = [name + shape, _ms(fwd), _ms(bwd), _ms(both), _ms(peer),
-                 _ratio(bwd, fwd), _ratio(peer, both), _ms(python)]
+        cells = [name + shape, _ms(fwd), _ms(bwd), _ms(recompute), _ms(both), _ms(peer),
+                 _ratio(bwd, fwd), _ratio(recompute, bwd), _ratio(peer, both), _ms(python)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
