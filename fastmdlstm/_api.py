@@ -175,6 +175,15 @@ def _check_params(weights, bias, d, channels, dtype):
     return _aligned(weights, dtype), np.ascontiguousarray(bias, dtype=dtype), n
 
 
+def _aligned_empty(shape, dtype):
+    """An uninitialised C-contiguous array starting on a 64-byte boundary."""
+    dtype = np.dtype(dtype)
+    size = math.prod(shape)
+    buf = np.empty(size + 64 // dtype.itemsize, dtype)
+    skip = (-buf.ctypes.data % 64) // dtype.itemsize
+    return buf[skip:skip + size].reshape(shape)
+
+
 def _aligned(a, dtype):
     """a as a C-contiguous array of dtype starting on a 64-byte boundary (a
     itself when it is one): the kernels load weights a cache line at a time,
@@ -597,7 +606,8 @@ def forward(x: FloatArray, weights: FloatArray, bias: FloatArray, *,
     if out is None:
         out = np.empty(out_shape, dtype=x.dtype)
     cell = np.empty(out_shape, dtype=x.dtype) if return_cell else None
-    gates = np.empty(gates_shape, dtype=x.dtype) if return_gates else None
+    # Aligned: whole-vector gate blocks are then streamed out (non-temporal stores).
+    gates = _aligned_empty(gates_shape, x.dtype) if return_gates else None
     if out.size:
         if chosen == "python":
             _reference.forward(x, w, b, variant, signs, sizes, out, cell, gates)
