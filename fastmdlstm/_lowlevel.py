@@ -172,13 +172,22 @@ def vfma(typingctx, a, b, c):
 
 @intrinsic
 def prefetch(typingctx, arr, index):
-    """Ask for the cache line holding arr.flat[index] (llvm.prefetch, read,
-    keep in all levels); never faults, changes nothing but timing."""
-    if not (isinstance(arr, types.Array) and arr.layout == "C"):
+    """Ask for the cache line holding arr.flat[index] of a C-contiguous array,
+    or arr[index] of a 1-D one of any layout (llvm.prefetch, read, keep in
+    all levels); never faults, changes nothing but timing."""
+    if not (isinstance(arr, types.Array) and (arr.layout == "C" or arr.ndim == 1)):
         return None
 
     def codegen(context, builder, sig, args):
-        ptr = _element_pointer(context, builder, sig.args[0], args[0], args[1])
+        aryty = sig.args[0]
+        if aryty.layout == "C":
+            ptr = _element_pointer(context, builder, aryty, args[0], args[1])
+        else:
+            ary = context.make_array(aryty)(context, builder, args[0])
+            stride = cgutils.unpack_tuple(builder, ary.strides, 1)[0]
+            base = builder.ptrtoint(ary.data, stride.type)
+            ptr = builder.inttoptr(builder.add(base, builder.mul(args[1], stride)),
+                                   ary.data.type)
         i8p = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
         fn = cgutils.get_or_insert_function(
