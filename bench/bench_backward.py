@@ -3,6 +3,9 @@
 Implementations (extra_info "impl"):
   forward        fastmdlstm.forward(..., return_cell=True, return_gates=True): what
                  training runs first (h, c and the gates' activations)
+  inference forward
+                 fastmdlstm.forward(...) alone (h only): the forward of inference,
+                 the stricter yardstick for the backward's time
   backward       fastmdlstm.backward given that forward's h, c and gates (gates=)
   fwd+bwd        both, one after the other (a training step of this layer)
   backward (recompute)
@@ -57,6 +60,13 @@ def test_forward(run_bench, smoke, name):
     run_bench(lambda: fastmdlstm.forward(x, weights, bias, directions=config.directions,
                                          return_cell=True, return_gates=True),
               group=f"backward-{name}", impl="forward", **_info(config, name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inference_forward(run_bench, smoke, name):
+    config, x, weights, bias, _ = _setup(name, smoke)
+    run_bench(lambda: fastmdlstm.forward(x, weights, bias, directions=config.directions),
+              group=f"backward-{name}", impl="inference forward", **_info(config, name))
 
 
 @pytest.mark.parametrize("name", NAMES)
