@@ -72,6 +72,32 @@ def _run_kernel(driver, x, w, b, d, variant, sizes, signs, inplace, h_state, c_s
     return grad_x5, grad_w, grad_b, grad_h_state5, grad_c_state5
 
 
+def _check_corner_gates(x, w, b, gates, signs, sizes):
+    """Given kept gates, the numba backward never multiplies x by the weights,
+    so it would not notice a changed x or changed weights (an optimiser step
+    in place, a reused x buffer). Spot check: each scan's first cell has zero
+    predecessors, so its gates are act(x_cell @ W[:C] + bias); compare them
+    with the kept ones (the mismatch tolerance) and raise the mismatch error."""
+    d, channels = x.ndim - 2, x.shape[-1]
+    n_gates = w.shape[2]
+    n = n_gates // (3 + d)
+    tol = _reference.MISMATCH_TOL[x.dtype]
+    for z, sign in enumerate(signs):
+        live = np.all(sizes > 0, axis=1)
+        samples = np.flatnonzero(live)
+        corner = tuple(np.where(sign[k] > 0, 0, sizes[samples, k] - 1) for k in range(d))
+        pre = x[(samples,) + corner] @ w[z, :channels] + b[z]
+        act = np.empty_like(pre)
+        with np.errstate(over="ignore", invalid="ignore"):
+            act[:, :n] = np.tanh(pre[:, :n])
+            act[:, n:] = 1 / (1 + np.exp(-pre[:, n:]))
+            kept = gates[(samples,) + corner][:, z * n_gates:(z + 1) * n_gates]
+            same = (np.abs(act - kept) <= tol * (1 + np.abs(kept))) | (
+                np.isnan(act) & np.isnan(kept))
+        if not same.all():
+            raise _reference.mismatch_error(gates=True)
+
+
 def _as_given(grad, like):
     """grad in the shape and dtype of the caller's parameter array `like`."""
     return grad.reshape(like.shape).astype(like.dtype, copy=False)
@@ -135,11 +161,13 @@ def backward(
         arguments (entries outside a sample's valid region are ignored; any
         strides, a non-contiguous array is copied once). Only read. The
         numba backend takes the gates from them instead of recomputing them
-        (so it no longer compares x and the weights with h), computes each
+        (so it compares x, the weights and the bias with them only at each
+        scan's first cell, whose gates need no predecessor), computes each
         cell's c and h from them and raises ValueError where those disagree
         with the given c, h beyond rounding; the python backend compares
         every entry with its own recomputation. Results are those of a call
-        without gates (on the numba backend bitwise). None: recompute them.
+        without gates (on the numba backend bitwise, given the numba
+        forward's gates). None: recompute them.
     backend : {"auto", "numba", "python"}
 
     Returns
@@ -188,8 +216,10 @@ def backward(
     if batch == 0 or 0 in spatial:
         grad_x, grad_w, grad_b = np.zeros_like(x), np.zeros_like(w), np.zeros_like(b)
     elif chosen == "numba":
-        if gates is not None and not gates.flags.c_contiguous:
-            gates = np.ascontiguousarray(gates)  # the kernels' one compiled layout
+        if gates is not None:
+            _check_corner_gates(x, w, b, gates, signs, sizes)
+            if not gates.flags.c_contiguous:
+                gates = np.ascontiguousarray(gates)  # the kernels' one compiled layout
         grad_x5, grad_w, grad_b, _, _ = _run_kernel(
             driver, x, w, b, d, variant, sizes, signs, False, None, None, h, c, grad_h, grad_c,
             gates)

@@ -268,12 +268,13 @@ class MDLSTM:
             Keep x, sizes and the forward's h, c and gates until the next
             training forward: beyond x and h, the cells (an array the size
             of h) and the gates' activations ((3+d)*N values per cell and
-            direction, the issue's one array per gate group), so that
+            direction: one (B, *S, Z*(3+d)*N) array), so that
             `backward` need not recompute them; and a copy of the
             parameters, so that `backward` refuses to run after they
             changed (an optimiser step in between). Do not modify x or the
             returned h in place before `backward`: it checks h, but with the
-            kept gates the numba backend no longer sees a changed x.
+            kept gates the numba backend checks x only at each scan's first
+            cell.
 
         Returns
         -------

@@ -249,6 +249,26 @@ def test_wrong_gates_are_refused(backend, dtype, name, variant):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name, variant", [("1d-2", "slstm"), ("2d-4", "stable"),
+                                           ("3d-2", "graves")])
+@pytest.mark.parametrize("change", ["x", "weights", "bias"])
+def test_changed_x_or_parameters_with_kept_gates_are_refused(backend, dtype, name, variant,
+                                                             change):
+    """Given gates, the numba backward skips the product that reads x and the
+    weights; the argument checks compare each scan's first cell (no
+    predecessors) with x, W and the bias, so an optimiser step taken in place
+    or a reused x buffer still raises instead of giving wrong gradients."""
+    x, w, b, h, c, gates, gh, _, kw = setup(name, variant, dtype, backend=backend)
+    changed = {"x": x + dtype(0.5), "weights": w * dtype(1.5), "bias": b + dtype(0.5)}
+    args = dict(x=x, weights=w, bias=b)
+    args[change] = changed[change]
+    with pytest.raises(ValueError, match="h/c/gates do not come from forward"):
+        fastmdlstm.backward(args["x"], args["weights"], args["bias"], gh, h=h, c=c,
+                            gates=gates, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_gates_outside_the_valid_region_are_ignored(backend):
     x, w, b, h, c, gates, gh, _, kw = setup("2d-4", "graves", backend=backend)
     noisy = gates.copy()
