@@ -175,15 +175,6 @@ def _check_params(weights, bias, d, channels, dtype):
     return _aligned(weights, dtype), np.ascontiguousarray(bias, dtype=dtype), n
 
 
-def _aligned_empty(shape, dtype):
-    """An uninitialised C-contiguous array starting on a 64-byte boundary."""
-    dtype = np.dtype(dtype)
-    size = math.prod(shape)
-    buf = np.empty(size + 64 // dtype.itemsize, dtype)
-    skip = (-buf.ctypes.data % 64) // dtype.itemsize
-    return buf[skip:skip + size].reshape(shape)
-
-
 def _aligned(a, dtype):
     """a as a C-contiguous array of dtype starting on a 64-byte boundary (a
     itself when it is one): the kernels load weights a cache line at a time,
@@ -192,9 +183,7 @@ def _aligned(a, dtype):
     if a.dtype == dtype and a.flags.c_contiguous and (
             a.nbytes < 16384 or a.ctypes.data % 64 == 0):
         return a
-    buf = np.empty(a.size + 64 // dtype.itemsize, dtype)
-    skip = (-buf.ctypes.data % 64) // dtype.itemsize
-    out = buf[skip:skip + a.size].reshape(a.shape)
+    out = _kernels._aligned_zeros(a.shape, dtype)
     out[...] = a
     return out
 
@@ -606,8 +595,9 @@ def forward(x: FloatArray, weights: FloatArray, bias: FloatArray, *,
     if out is None:
         out = np.empty(out_shape, dtype=x.dtype)
     cell = np.empty(out_shape, dtype=x.dtype) if return_cell else None
-    # Aligned: whole-vector gate blocks are then streamed out (non-temporal stores).
-    gates = _aligned_empty(gates_shape, x.dtype) if return_gates else None
+    # Aligned: whole-vector gate blocks are then streamed out (non-temporal stores);
+    # zeros cost nothing extra here (fresh pages come zeroed).
+    gates = _kernels._aligned_zeros(gates_shape, x.dtype) if return_gates else None
     if out.size:
         if chosen == "python":
             _reference.forward(x, w, b, variant, signs, sizes, out, cell, gates)

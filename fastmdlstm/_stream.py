@@ -140,14 +140,6 @@ def _stream_params(weights, bias, d, dtype, variant):
         _kernels.VARIANTS[variant]
 
 
-def _aligned_zeros(shape, dtype):
-    """Zeros of shape, C-contiguous, starting on a 64-byte boundary (the GEMM's
-    vector stores then never straddle a cache line)."""
-    size = int(np.prod(shape))
-    buf = np.zeros(size + 64 // dtype.itemsize, dtype)
-    skip = (-buf.ctypes.data % 64) // dtype.itemsize
-    return buf[skip:skip + size].reshape(shape)
-
 
 def _check_in(value, name, shape, dtype):
     """value as the input of a step: a float array of the stream's dtype and shape."""
@@ -229,7 +221,7 @@ class Stream2D:
         self._cs = np.zeros((b, w_ + 1, n), dt)
         self._rows = np.zeros((b, c + 2 * n), dt)
         self._c_prev = np.zeros((b, 2, n), dt)
-        self._acc = _aligned_zeros((b, 5 * n), dt)
+        self._acc = _kernels._aligned_zeros((b, 5 * n), dt)  # vectors never straddle a line
         self._out_ok = None  # the last out buffer of pixel() that passed the checks
         self.reset()
 
