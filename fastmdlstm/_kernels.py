@@ -68,6 +68,9 @@ _INLINE = dict(_OPTS, inline="always")
 
 VARIANTS = VARIANT_CODES  # name -> the code the kernels take
 DEFAULT_GROUP = GROUP
+# Cells whose weight gradients the backward adds to dw in one pass: dw's tiles
+# stay in registers over that many cells (8 per pass ran at half the speed).
+OUTER_CELLS = 64
 
 
 # --- activations -------------------------------------------------------------
@@ -92,6 +95,7 @@ DEFAULT_GROUP = GROUP
 # (NaN > c is False) and the polynomial. "contract" lets LLVM use FMAs; the
 # same instructions run whatever the caller, so results stay reproducible.
 _ACT = {"error_model": "numpy", "fastmath": {"contract"}}
+_ACT_INLINE = dict(_ACT, inline="always")
 _F32 = np.float32
 _ONE32, _TANH_CLAMP32, _SIG_CLAMP32 = _F32(1), _F32(9), _F32(40)
 _LOG2E32 = _F32(1.4426950408889634)
@@ -240,8 +244,12 @@ def activation_array(x, out, sigmoid):
 
 
 @njit(**_ACT)
-def _preactivation(rows, w, bias, z, acc, m_cnt):
+def _preactivation(rows, w, bias, z, acc, m_cnt, init_stride=0):
     """acc[m] = bias[z] + rows[m] @ w[z] for m < m_cnt.
+
+    init_stride: elements from one cell's starting values in bias to the
+    next's; 0 (one bias row for every cell), or acc's row length with bias
+    = acc, z = 0: acc[m] += rows[m] @ w[0] (the backward's weight gradient).
 
     A GEMM micro-kernel: a tile of 8 (AVX-512: 32 registers) or 4 cells x 2
     vectors of gates is accumulated in registers over all rows, then stored
@@ -259,25 +267,25 @@ def _preactivation(rows, w, bias, z, acc, m_cnt):
     while g + 2 * lanes <= n_gates:
         m = 0
         while WIDE_TILES and m + 8 <= m_cnt:
-            _tile_8x2(rows, m, w, bias, z, g, lanes, acc)
+            _tile_8x2(rows, m, w, bias, z, g, lanes, acc, init_stride)
             m += 8
         while m + 4 <= m_cnt:
-            _tile_4x2(rows, m, w, bias, z, g, lanes, acc)
+            _tile_4x2(rows, m, w, bias, z, g, lanes, acc, init_stride)
             m += 4
         while m < m_cnt:
-            _tile_1x2(rows, m, w, bias, z, g, lanes, acc)
+            _tile_1x2(rows, m, w, bias, z, g, lanes, acc, init_stride)
             m += 1
         g += 2 * lanes
     while g + lanes <= n_gates:  # one vector of gates left: cells side by side
         m = 0
         while m + 8 <= m_cnt:
-            _tile_8x1(rows, m, w, bias, z, g, acc)
+            _tile_8x1(rows, m, w, bias, z, g, acc, init_stride)
             m += 8
         while m + 4 <= m_cnt:
-            _tile_4x1(rows, m, w, bias, z, g, acc)
+            _tile_4x1(rows, m, w, bias, z, g, acc, init_stride)
             m += 4
         while m < m_cnt:
-            _tile_1x1(rows, m, w, bias, z, g, acc)
+            _tile_1x1(rows, m, w, bias, z, g, acc, init_stride)
             m += 1
         g += lanes
     if g == n_gates:
@@ -285,8 +293,10 @@ def _preactivation(rows, w, bias, z, acc, m_cnt):
     # Fewer than `lanes` gates left: a loop along the gate axis, cells inner so
     # that their chains through acc overlap instead of waiting on each other.
     tail = n_gates - g
+    flat_bias = bias.reshape(-1)
     for m in range(m_cnt):
-        acc_tail, bias_tail = acc[m, g:], bias[z, g:]
+        at = z * n_gates + g + m * init_stride
+        acc_tail, bias_tail = acc[m, g:], flat_bias[at:at + tail]
         for col in range(tail):
             acc_tail[col] = bias_tail[col]
     for r in range(n_rows):
@@ -301,14 +311,18 @@ def _preactivation(rows, w, bias, z, acc, m_cnt):
 WIDE_TILES = VEC_BYTES == 64  # 8 x 2 tiles need 16 + 2 + 1 vector registers
 
 
-@njit(**_ACT)
-def _tile_8x2(rows, m, w, bias, z, g, lanes, acc):
+@njit(**_ACT_INLINE)
+def _tile_8x2(rows, m, w, bias, z, g, lanes, acc, init_stride):
     n_rows, n_gates = w.shape[1], w.shape[2]
     at = z * n_rows * n_gates + g
-    a0 = vload(bias, z * n_gates + g)
-    b0 = vload(bias, z * n_gates + g + lanes)
-    a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0
-    b1, b2, b3, b4, b5, b6, b7 = b0, b0, b0, b0, b0, b0, b0
+    a0, b0 = _load2(bias, z * n_gates + g + m * init_stride, lanes)
+    a1, b1 = _load2(bias, z * n_gates + g + (m + 1) * init_stride, lanes)
+    a2, b2 = _load2(bias, z * n_gates + g + (m + 2) * init_stride, lanes)
+    a3, b3 = _load2(bias, z * n_gates + g + (m + 3) * init_stride, lanes)
+    a4, b4 = _load2(bias, z * n_gates + g + (m + 4) * init_stride, lanes)
+    a5, b5 = _load2(bias, z * n_gates + g + (m + 5) * init_stride, lanes)
+    a6, b6 = _load2(bias, z * n_gates + g + (m + 6) * init_stride, lanes)
+    a7, b7 = _load2(bias, z * n_gates + g + (m + 7) * init_stride, lanes)
     for r in range(n_rows):
         w0 = vload(w, at)
         w1 = vload(w, at + lanes)
@@ -340,18 +354,24 @@ def _fma2(x, w0, w1, a, b):
 
 
 @njit(**_ACT)
+def _load2(src, at, lanes):
+    return vload(src, at), vload(src, at + lanes)
+
+
+@njit(**_ACT)
 def _store2(acc, at, lanes, a, b):
     vstore(acc, at, a)
     vstore(acc, at + lanes, b)
 
 
-@njit(**_ACT)
-def _tile_4x2(rows, m, w, bias, z, g, lanes, acc):
+@njit(**_ACT_INLINE)
+def _tile_4x2(rows, m, w, bias, z, g, lanes, acc, init_stride):
     n_rows, n_gates = w.shape[1], w.shape[2]
     at = z * n_rows * n_gates + g
-    c00 = vload(bias, z * n_gates + g)
-    c01 = vload(bias, z * n_gates + g + lanes)
-    c10, c11, c20, c21, c30, c31 = c00, c01, c00, c01, c00, c01
+    c00, c01 = _load2(bias, z * n_gates + g + m * init_stride, lanes)
+    c10, c11 = _load2(bias, z * n_gates + g + (m + 1) * init_stride, lanes)
+    c20, c21 = _load2(bias, z * n_gates + g + (m + 2) * init_stride, lanes)
+    c30, c31 = _load2(bias, z * n_gates + g + (m + 3) * init_stride, lanes)
     for r in range(n_rows):
         w0 = vload(w, at)
         w1 = vload(w, at + lanes)
@@ -367,27 +387,29 @@ def _tile_4x2(rows, m, w, bias, z, g, lanes, acc):
     _store2(acc, out + 3 * n_gates, lanes, c30, c31)
 
 
-@njit(**_ACT)
-def _tile_1x2(rows, m, w, bias, z, g, lanes, acc):
+@njit(**_ACT_INLINE)
+def _tile_1x2(rows, m, w, bias, z, g, lanes, acc, init_stride):
     n_rows, n_gates = w.shape[1], w.shape[2]
     at = z * n_rows * n_gates + g
-    c0 = vload(bias, z * n_gates + g)
-    c1 = vload(bias, z * n_gates + g + lanes)
+    c0, c1 = _load2(bias, z * n_gates + g + m * init_stride, lanes)
     for r in range(n_rows):
         c0, c1 = _fma2(rows[m, r], vload(w, at), vload(w, at + lanes), c0, c1)
         at += n_gates
     _store2(acc, m * n_gates + g, lanes, c0, c1)
 
 
-@njit(**_ACT)
-def _tile_8x1(rows, m, w, bias, z, g, acc):
+@njit(**_ACT_INLINE)
+def _tile_8x1(rows, m, w, bias, z, g, acc, init_stride):
     """8 cells x 1 vector: 8 independent chains hide the FMA latency (one
     chain per cell ran at an eighth of the speed: the backward's da @ W.T
     has a 16-gate tail of input channels)."""
     n_rows, n_gates = w.shape[1], w.shape[2]
     at = z * n_rows * n_gates + g
-    c0 = vload(bias, z * n_gates + g)
-    c1, c2, c3, c4, c5, c6, c7 = c0, c0, c0, c0, c0, c0, c0
+    at_init = z * n_gates + g + m * init_stride
+    c0, c1 = vload(bias, at_init), vload(bias, at_init + init_stride)
+    c2, c3 = vload(bias, at_init + 2 * init_stride), vload(bias, at_init + 3 * init_stride)
+    c4, c5 = vload(bias, at_init + 4 * init_stride), vload(bias, at_init + 5 * init_stride)
+    c6, c7 = vload(bias, at_init + 6 * init_stride), vload(bias, at_init + 7 * init_stride)
     for r in range(n_rows):
         w0 = vload(w, at)
         at += n_gates
@@ -410,12 +432,13 @@ def _tile_8x1(rows, m, w, bias, z, g, acc):
     vstore(acc, out + 7 * n_gates, c7)
 
 
-@njit(**_ACT)
-def _tile_4x1(rows, m, w, bias, z, g, acc):
+@njit(**_ACT_INLINE)
+def _tile_4x1(rows, m, w, bias, z, g, acc, init_stride):
     n_rows, n_gates = w.shape[1], w.shape[2]
     at = z * n_rows * n_gates + g
-    c0 = vload(bias, z * n_gates + g)
-    c1, c2, c3 = c0, c0, c0
+    at_init = z * n_gates + g + m * init_stride
+    c0, c1 = vload(bias, at_init), vload(bias, at_init + init_stride)
+    c2, c3 = vload(bias, at_init + 2 * init_stride), vload(bias, at_init + 3 * init_stride)
     for r in range(n_rows):
         w0 = vload(w, at)
         at += n_gates
@@ -430,11 +453,11 @@ def _tile_4x1(rows, m, w, bias, z, g, acc):
     vstore(acc, out + 3 * n_gates, c3)
 
 
-@njit(**_ACT)
-def _tile_1x1(rows, m, w, bias, z, g, acc):
+@njit(**_ACT_INLINE)
+def _tile_1x1(rows, m, w, bias, z, g, acc, init_stride):
     n_rows, n_gates = w.shape[1], w.shape[2]
     at = z * n_rows * n_gates + g
-    c0 = vload(bias, z * n_gates + g)
+    c0 = vload(bias, z * n_gates + g + m * init_stride)
     for r in range(n_rows):
         c0 = vfma(vsplat(rows[m, r]), vload(w, at), c0)
         at += n_gates
@@ -650,10 +673,11 @@ def _pad_offsets(d):
 
 
 @njit(**_INLINE)
-def _forward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, split, shift):
+def _forward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, split, shift, fill):
     """Cells (a, i, t - a - i) for i in [i0, i0 + m_cnt) of sample b, direction
     z (j shifted by `shift` from row `split` on: the rows from split on belong
-    to the next strip, which trails behind; see _scan_pair).
+    to the next strip, which trails behind; see _scan_pair). fill: see
+    _backward_group; the forward defers nothing and returns 0.
 
     inplace: h_state/c_state are the caller's padded tensors; otherwise
     roll_h[slot]/roll_c[slot] hold the recent states of this (b, z), placed by
@@ -708,6 +732,7 @@ def _forward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, spl
             _copy(c_new, p.cell_out[b, ax, ix, jx, ch:ch + n])
     if p.pre_out.size:
         store_fence()
+    return 0
 
 
 # --- the backward's group body -----------------------------------------------------
@@ -727,10 +752,16 @@ def _forward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, spl
 
 
 @njit(**_INLINE)
-def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, split, shift):
+def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, split, shift, fill):
     """The backward of cells (a, i, t - a - i), i in [i0, i0 + m_cnt), in the
-    reverse scan's coordinates (see Backward)."""
-    rows, c_prev, acc, da, drows, dh, dc = sc
+    reverse scan's coordinates (see Backward).
+
+    The weight gradient is deferred: the rows and da of the scan's last
+    `fill` cells wait in the scratch (OUTER_CELLS at most), this group's go
+    after them, and one pass over dw adds them all once the next group might
+    not fit (_flush_outer). Returns the new fill."""
+    rows_all, c_prev, acc, da_all, drows, dh, dc = sc
+    rows, da = rows_all[fill:], da_all[fill:]
     x, d, n = p.x, p.d, p.n
     n_in = x.shape[4]
     s1_all = x.shape[2]
@@ -819,7 +850,6 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
     # columns are W's rows with the d*N recurrent ones first (whole vectors
     # for the GEMM's tiles; the C input channels make the ragged tail).
     _preactivation(da, p.wt, p.zero, z, drows, m_cnt)
-    _accumulate_outer(rows, da, m_cnt, p.dw[bz], p.db[bz])
     for m in range(m_cnt):
         i = i0 + m
         ax, ix, jx, j = _cell_coords(p, b, z, t, a, i, split, shift)
@@ -842,6 +872,11 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
             _copy2(msg_h[k * n:(k + 1) * n], part_c,
                    p.dh_state[b, fa + o0, fi + o1, fj + o2],
                    p.dc_state[b, fa + o0, fi + o1, fj + o2])
+    fill += m_cnt
+    if fill + acc.shape[0] > rows_all.shape[0]:  # the next group might not fit
+        _flush_outer(p, sc, bz, fill)
+        fill = 0
+    return fill
 
 
 @njit(**_INLINE)
@@ -926,68 +961,65 @@ def _cell_grad(act, c_prev, h, c, dh, dc, d, n, variant, tol, da, tmp):
 def _accumulate_outer(rows, da, m_cnt, dw, db):
     """dw += rows[:m_cnt].T @ da[:m_cnt] and db += the sum of da's rows.
 
-    The forward's GEMM tiles turned around: a tile of da (8 or 4 cells x one
-    vector of gates) stays in registers while the rows of dw stream through;
-    each element of dw is one chain of fmas in cell order, whatever the tiles
-    or the thread count.
+    _preactivation's tiles with the roles turned: dw's rows are the tiles'
+    cells, this group's cells their rows and dw itself the starting values,
+    so a tile of dw stays in registers over all the group's cells (the
+    earlier kernel kept da in registers and loaded and stored dw once per 4
+    or 8 cells: ~45 % of the FMA peak on AVX2). dw is swept row by row (the
+    tiles' column order ran 25 % slower: strided streams). Each element of
+    dw is the same chain as before, one fma per cell in cell order, whatever
+    the tiles or the thread count.
     """
-    m = 0
-    while WIDE_TILES and m + 8 <= m_cnt:
-        _outer_tile(rows, da, m, 8, dw, db)
-        m += 8
-    while m + 4 <= m_cnt:
-        _outer_tile(rows, da, m, 4, dw, db)
-        m += 4
-    while m < m_cnt:
-        _outer_tile(rows, da, m, 1, dw, db)
-        m += 1
-
-
-@njit(**_ACT)
-def _outer_tile(rows, da, m, cells, dw, db):
-    """Cells m .. m + cells - 1 (cells 8, 4 or 1) of _accumulate_outer."""
     n_rows, n_gates = dw.shape
     lanes = VEC_BYTES // dw.itemsize
+    wide_end = n_gates - n_gates % (2 * lanes)
     vec_end = n_gates - n_gates % lanes
-    one = as_float_like(1.0, da[0, 0])
-    ones = vsplat(one)
-    for g in range(0, vec_end, lanes):
-        d0 = vload(da[m], g)
-        d1, d2, d3, d4, d5, d6, d7 = d0, d0, d0, d0, d0, d0, d0
-        if cells >= 4:
-            d1, d2, d3 = vload(da[m + 1], g), vload(da[m + 2], g), vload(da[m + 3], g)
-        if cells == 8:
-            d4, d5, d6 = vload(da[m + 4], g), vload(da[m + 5], g), vload(da[m + 6], g)
-            d7 = vload(da[m + 7], g)
-        for r in range(n_rows):
-            dst = dw[r]
-            acc = vfma(vsplat(rows[m, r]), d0, vload(dst, g))
-            if cells >= 4:
-                acc = vfma(vsplat(rows[m + 1, r]), d1, acc)
-                acc = vfma(vsplat(rows[m + 2, r]), d2, acc)
-                acc = vfma(vsplat(rows[m + 3, r]), d3, acc)
-            if cells == 8:
-                acc = vfma(vsplat(rows[m + 4, r]), d4, acc)
-                acc = vfma(vsplat(rows[m + 5, r]), d5, acc)
-                acc = vfma(vsplat(rows[m + 6, r]), d6, acc)
-                acc = vfma(vsplat(rows[m + 7, r]), d7, acc)
-            vstore(dst, g, acc)
-        acc = vfma(ones, d0, vload(db, g))  # the bias: a row of ones
-        if cells >= 4:
-            acc = vfma(ones, d3, vfma(ones, d2, vfma(ones, d1, acc)))
-        if cells == 8:
-            acc = vfma(ones, d7, vfma(ones, d6, vfma(ones, d5, vfma(ones, d4, acc))))
-        vstore(db, g, acc)
-    for g in range(vec_end, n_gates):  # fewer than `lanes` gates left
-        for r in range(n_rows):
+    by_row = rows.T  # the tiles' rows[m, r]: row m of dw, cell r
+    w = da[:m_cnt].reshape((1, m_cnt, n_gates))
+    m = 0
+    while m < n_rows:
+        tile = 8 if WIDE_TILES and m + 8 <= n_rows else (4 if m + 4 <= n_rows else 1)
+        for g in range(0, wide_end, 2 * lanes):
+            if tile == 8:
+                _tile_8x2(by_row, m, w, dw, 0, g, lanes, dw, n_gates)
+            elif tile == 4:
+                _tile_4x2(by_row, m, w, dw, 0, g, lanes, dw, n_gates)
+            else:
+                _tile_1x2(by_row, m, w, dw, 0, g, lanes, dw, n_gates)
+        for g in range(wide_end, vec_end, lanes):
+            if tile == 8:
+                _tile_8x1(by_row, m, w, dw, 0, g, dw, n_gates)
+            elif tile == 4:
+                _tile_4x1(by_row, m, w, dw, 0, g, dw, n_gates)
+            else:
+                _tile_1x1(by_row, m, w, dw, 0, g, dw, n_gates)
+        m += tile
+    for r in range(n_rows):  # fewer than `lanes` gates left
+        for g in range(vec_end, n_gates):
             acc = dw[r, g]
-            for k in range(m, m + cells):
+            for k in range(m_cnt):
                 acc += rows[k, r] * da[k, g]
             dw[r, g] = acc
-        acc = db[g]
-        for k in range(m, m + cells):
-            acc += da[k, g]
-        db[g] = acc
+    for k in range(m_cnt):
+        cell = da[k]
+        for g in range(n_gates):
+            db[g] += cell[g]
+
+
+@njit(**_OPTS)
+def _flush_outer(p, sc, bz, fill):
+    """Adds the deferred weight gradients of the last `fill` cells of pair bz
+    (see _backward_group)."""
+    rows_all, _, _, da_all, _, _, _ = sc
+    _accumulate_outer(rows_all, da_all, fill, p.dw[bz], p.db[bz])
+
+
+@njit(**_OPTS)
+def _forward_flush(p, sc, bz, fill):
+    pass
+
+
+_finish_pair = _by_problem("_finish_pair", _forward_flush, _flush_outer)
 
 
 # --- geometry of scans -------------------------------------------------------------
@@ -1090,8 +1122,9 @@ def _forward_scratch_parts(p, group):
 @njit(**_OPTS)
 def _backward_scratch_parts(p, group):
     n_rows, n_gates, d, n = p.w.shape[1], p.w.shape[2], p.d, p.n
-    # acc, rows, c_prev, da, drows, dh, dc
-    return (group * n_gates, group * n_rows, group * d * n, group * n_gates,
+    # acc, rows, c_prev, da, drows, dh, dc; rows and da hold the deferred cells
+    cells = max(group, OUTER_CELLS)
+    return (group * n_gates, cells * n_rows, group * d * n, cells * n_gates,
             group * p.wt.shape[2], group * n, group * n)
 
 
@@ -1138,8 +1171,9 @@ def _forward_carve(p, buf, group):
 def _backward_carve(p, buf, group):
     n_rows, n_gates, d, n = p.w.shape[1], p.w.shape[2], p.d, p.n
     acc, rows, c_prev, da, drows, dh, dc = _carve_flat(p, buf, group)
-    return (rows.reshape((group, n_rows)), c_prev.reshape((group, d, n)),
-            acc.reshape((group, n_gates)), da.reshape((group, n_gates)),
+    cells = max(group, OUTER_CELLS)
+    return (rows.reshape((cells, n_rows)), c_prev.reshape((group, d, n)),
+            acc.reshape((group, n_gates)), da.reshape((cells, n_gates)),
             drows.reshape((group, p.wt.shape[2])), dh.reshape((group, n)),
             dc.reshape((group, n)))
 
@@ -1217,6 +1251,7 @@ def _scan_pair(p, bz, group, ring, roll_h, roll_c, sc):
     lag = max(s2, group) if s0 == 1 else s2 + group  # >= group + s2 - 1: no overlap
     strips = (s1 + group - 1) // group
     steps = (strips - 1) * lag + (s1 - (strips - 1) * group) + s2 - 1
+    fill = 0
     for a in range(s0):
         for step in range(steps):
             k = step // lag  # the newest strip begun, at its step u
@@ -1228,8 +1263,9 @@ def _scan_pair(p, bz, group, ring, roll_h, roll_c, sc):
                 i_lo = first - group + u_prev - (s2 - 1)
                 t, shift = a + first - group + u_prev, t - (a + first - group + u_prev)
             if i_lo <= i_hi:
-                _run_group(p, sc, roll_h, roll_c, 0, ring, b, z, t, a, i_lo, i_hi + 1 - i_lo,
-                           first, shift)
+                fill = _run_group(p, sc, roll_h, roll_c, 0, ring, b, z, t, a, i_lo,
+                                  i_hi + 1 - i_lo, first, shift, fill)
+    _finish_pair(p, sc, bz, fill)
 
 
 @njit(**_OPTS)
@@ -1240,7 +1276,7 @@ def _scan_steps(p, sc, roll_h, roll_c, slot, ring, b, z, i_first, i_last, s2, u_
     for u in range(u_first, min(u_last, i_last - i_first + s2 - 1) + 1):
         i0 = max(i_first, i_first + u - (s2 - 1))
         _run_group(p, sc, roll_h, roll_c, slot, ring, b, z, i_first + u, 0, i0,
-                   min(i_last, i_first + u) + 1 - i0, i_last + 1, 0)
+                   min(i_last, i_first + u) + 1 - i0, i_last + 1, 0, 0)
 
 
 # --- drivers -----------------------------------------------------------------------
@@ -1396,7 +1432,7 @@ def _wavefront_chunk(p, chunk, chunks, count, work, t, width, ring, group, roll_
                         min(i_first + group, s1) - 1, s2, u_first, u_first + width - 1)
         else:
             _run_group(p, sc, roll_h, roll_c, bz, 0, b, z, t, work[item, 1], work[item, 2],
-                       work[item, 3], p.x.shape[2], 0)
+                       work[item, 3], p.x.shape[2], 0, 0)
     keep_alive(scratch_owner)
 
 
