@@ -158,6 +158,49 @@ def test_numba_matches_python_inplace(dtype, tol, variant, d):
         close(g, ref, tol)
 
 
+# Scans longer than the kernels' OUTER_CELLS (64): the numba backward defers the
+# weight gradient and adds it in passes over dw, mid-scan and at each scan's end.
+LONG_SCANS = {
+    "1d": ((150,), [(1,), (-1,)], [[150], [97]]),
+    "2d": ((11, 13), ALL_2D, [[11, 13], [7, 10]]),
+    "3d": ((3, 6, 7), FOUR_3D, [[3, 6, 7], [2, 5, 6]]),
+}
+
+
+@needs_numba
+@pytest.mark.parametrize("gates", [False, True])
+@pytest.mark.parametrize("name", list(LONG_SCANS))
+def test_numba_matches_python_long_scans(name, gates):
+    spatial, directions, sizes = LONG_SCANS[name]
+    x, w, b = make_problem(2, spatial, 2, 3, directions=len(directions), seed=3, scale=1.5)
+    kw = dict(variant="graves", directions=directions, sizes=np.array(sizes))
+    *state, kept = fastmdlstm.forward(x, w, b, return_cell=True, return_gates=True,
+                                      backend="numba", **kw)
+    h, c = state
+    rng = np.random.default_rng(4)
+    gh, gc = rng.standard_normal(h.shape), rng.standard_normal(h.shape)
+    want = fastmdlstm.backward(x, w, b, gh, h=h, c=c, grad_c=gc, backend="python", **kw)
+    got = fastmdlstm.backward(x, w, b, gh, h=h, c=c, grad_c=gc, backend="numba",
+                              gates=kept if gates else None, **kw)
+    for g, ref in zip(got, want):
+        close(g, ref, 1e-10)
+    assert np.abs(want[1]).max() > 0
+
+
+@needs_numba
+def test_numba_matches_python_inplace_long_scan():
+    x, w, b = make_problem(2, (9, 12), 2, 3, seed=6, scale=1.5)
+    rng = np.random.default_rng(7)
+    h0, c0 = rng.uniform(-1, 1, (2, 10, 13, 3)), rng.uniform(-1, 1, (2, 10, 13, 3))
+    hs, cs = h0.copy(), c0.copy()
+    fastmdlstm.forward_inplace(x, w, b, hs, cs, backend="numba")
+    gh = rng.standard_normal(x.shape[:-1] + (3,))
+    want = fastmdlstm.backward_inplace(x, w, b, hs, cs, gh, backend="python")
+    got = fastmdlstm.backward_inplace(x, w, b, hs, cs, gh, backend="numba")
+    for g, ref in zip(got, want):
+        close(g, ref, 1e-10)
+
+
 # --- padding, shapes and dtypes ----------------------------------------------------------
 
 
