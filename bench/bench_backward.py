@@ -16,11 +16,18 @@ Implementations (extra_info "impl"):
                  forward with grad-requiring leaves, then backward of sum(h * grad_h)
   python backward  the NumPy fallback's backward, recomputing (digits only; too slow
                  elsewhere)
+  alternating    one inference forward, then one backward (given gates), each timed,
+                 per round: a burst of load from a neighbour on these shared machines
+                 then hits both sides of the ratio, where separate rows can catch it on
+                 one side only. extra_info "bwd_over_inference_fwd": the median of the
+                 rounds' backward / forward ratios
 
 bench/report_backward.py turns the JSON into a table. In smoke mode
 (--benchmark-disable) every benchmark runs once on a shrunken configuration
 (batch 2, 12 x 12) so that CI stays fast; timed runs use the full sizes.
 """
+
+import time
 
 import numpy as np
 import pytest
@@ -77,6 +84,26 @@ def test_backward(run_bench, smoke, name):
     run_bench(lambda: fastmdlstm.backward(x, weights, bias, grad_h, h=h, c=c, gates=gates,
                                           directions=config.directions),
               group=f"backward-{name}", impl="backward", **_info(config, name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_alternating(run_bench, benchmark, smoke, name):
+    config, x, weights, bias, grad_h = _setup(name, smoke)
+    h, c, gates = fastmdlstm.forward(x, weights, bias, directions=config.directions,
+                                     return_cell=True, return_gates=True)
+    ratios = []
+
+    def pair():
+        start = time.perf_counter()
+        fastmdlstm.forward(x, weights, bias, directions=config.directions)
+        middle = time.perf_counter()
+        fastmdlstm.backward(x, weights, bias, grad_h, h=h, c=c, gates=gates,
+                            directions=config.directions)
+        ratios.append((time.perf_counter() - middle) / (middle - start))
+
+    run_bench(pair, group=f"backward-{name}", impl="alternating", **_info(config, name))
+    timed = ratios[1:] if len(ratios) > 1 else ratios  # the first call is the warm-up
+    benchmark.extra_info["bwd_over_inference_fwd"] = float(np.median(timed))
 
 
 @pytest.mark.parametrize("name", NAMES)

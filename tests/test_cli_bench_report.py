@@ -61,3 +61,30 @@ def test_old_json_without_peak_still_reports(report, tmp_path):
     text = report.table(*report.load(str(path)))
     assert text.startswith("CPU: Some CPU (family 6 model 85), 2 threads")
     assert "| tiny | numba | 1000.000 | 1.0 |  |" in text
+
+
+def test_backward_table_ratios_under_their_headers(tmp_path):
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "report_backward.py")
+    if not os.path.exists(path):
+        pytest.skip("bench/ is not next to tests/ (not a source checkout)")
+    spec = importlib.util.spec_from_file_location("bench_report_backward", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def row(impl, median, **extra):
+        return {"group": "backward-standard", "stats": {"median": median},
+                "extra_info": dict(impl=impl, threads=2, **extra)}
+
+    data = {"machine_info": {"cpu": {"brand_raw": "Some CPU"}, "python_version": "3.11"},
+            "benchmarks": [row("forward", 2.0), row("inference forward", 1.0),
+                           row("backward", 3.0), row("backward (recompute)", 6.0),
+                           row("fwd+bwd", 5.0), row("torch fwd+bwd", 20.0),
+                           row("alternating", 4.0, bwd_over_inference_fwd=2.5)]}
+    json_path = tmp_path / "bwd.json"
+    json_path.write_text(json.dumps(data))
+    lines = module.table(*module.load(str(json_path))).splitlines()
+    header = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    cells = dict(zip(header, (cell.strip() for cell in lines[4].strip("|").split("|"))))
+    assert cells["bwd / fwd"] == "1.50" and cells["bwd / inf. fwd"] == "3.00"
+    assert cells["alternating"] == "2.50" and cells["recompute / bwd"] == "2.00"
+    assert cells["torch / ours"] == "4.00" and cells["backward ms"] == "3000.0"
