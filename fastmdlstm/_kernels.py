@@ -95,6 +95,8 @@ OUTER_CELLS = 64
 # (NaN > c is False) and the polynomial. "contract" lets LLVM use FMAs; the
 # same instructions run whatever the caller, so results stay reproducible.
 _ACT = {"error_model": "numpy", "fastmath": {"contract"}}
+# The GEMM tiles are inlined: a call passes each array as a struct of fields,
+# which cost as much as a tile's work when a tile sums only a few cells.
 _ACT_INLINE = dict(_ACT, inline="always")
 _F32 = np.float32
 _ONE32, _TANH_CLAMP32, _SIG_CLAMP32 = _F32(1), _F32(9), _F32(40)
@@ -962,10 +964,11 @@ def _accumulate_outer(rows, da, m_cnt, dw, db):
     """dw += rows[:m_cnt].T @ da[:m_cnt] and db += the sum of da's rows.
 
     _preactivation's tiles with the roles turned: dw's rows are the tiles'
-    cells, this group's cells their rows and dw itself the starting values,
-    so a tile of dw stays in registers over all the group's cells (the
-    earlier kernel kept da in registers and loaded and stored dw once per 4
-    or 8 cells: ~45 % of the FMA peak on AVX2). dw is swept row by row (the
+    cells, the given cells (up to OUTER_CELLS, deferred by _backward_group)
+    their rows and dw itself the starting values, so a tile of dw stays in
+    registers over all those cells (the earlier kernel kept da in registers
+    and loaded and stored dw once per 4 or 8 cells: ~45 % of the FMA peak on
+    AVX2). dw is swept row by row (the
     tiles' column order ran 25 % slower: strided streams). Each element of
     dw is the same chain as before, one fma per cell in cell order, whatever
     the tiles or the thread count.
