@@ -51,11 +51,18 @@ from ._lowlevel import (
     keep_alive,
     prefetch,
     store_fence,
+    vabs,
+    vany_gt,
+    vbits_add_shl,
     vfma,
     vload,
+    vload_part,
+    vneg,
     vsplat,
     vstore,
+    vstore_part,
     vstore_stream,
+    vwhere_gt,
 )
 
 # error_model="numpy": a float division must not carry a zero-division branch,
@@ -183,6 +190,43 @@ def _sigmoid64(x):
     e = _exp_neg64(-u)
     s = 1.0 / (1.0 + e)
     return s if x >= 0 else e * s
+
+
+# tanh on a vector (the backward's cell gradient): _tanh32's or _tanh64's
+# steps on every lane, the exp inlined; same clamps, polynomials and 2**k.
+_VTANH32 = (_TANH_CLAMP32, _LOG2E32, _EXP_SHIFT32, _LN2_HI32, _LN2_LO32, _EXP_POLY32,
+            _EXP_BIAS32, 23)
+_VTANH64 = (20.0, _LOG2E64, _EXP_SHIFT64, _LN2_HI64, _LN2_LO64, _EXP_TAYLOR64,
+            _EXP_BIAS64, 52)
+
+
+def _vtanh_constants(x):
+    return _VTANH32 if x.dtype == np.float32 else _VTANH64
+
+
+@overload(_vtanh_constants)
+def _vtanh_constants_overload(x):
+    table = _VTANH32 if x.dtype == types.float32 else _VTANH64
+    return lambda x: table
+
+
+@njit(**_ACT)
+def _vtanh(x):
+    clamp, log2e, shift, ln2_hi, ln2_lo, poly, bias, mantissa = _vtanh_constants(x)
+    limit = vsplat(clamp)
+    u = vabs(x)
+    u = vwhere_gt(u, limit, limit, u)
+    y = vneg(u + u)
+    t = y * vsplat(log2e) + vsplat(shift)  # k = round(y / ln2) in t's low bits
+    k = t - vsplat(shift)
+    r = (y - k * vsplat(ln2_hi)) - k * vsplat(ln2_lo)
+    p = vsplat(poly[len(poly) - 1])
+    for j in range(len(poly) - 2, -1, -1):
+        p = p * r + vsplat(poly[j])
+    e = p * vbits_add_shl(t, bias, mantissa)
+    one = vsplat(poly[0])  # both polynomials start at 1
+    th = (one - e) / (one + e)
+    return vwhere_gt(one - one, x, vneg(th), th)
 
 
 def saturate(x):
@@ -846,7 +890,7 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
             h_cell = p.h[b, ax, ix, jx, ch:ch + n]
             c_cell = p.c[b, ax, ix, jx, ch:ch + n]
         if _cell_grad(act, c_prev[m], h_cell, c_cell, dh[m], dc[m], d, n, p.variant,
-                      p.tol, da[m], drows[m]):
+                      p.tol, da[m]):
             p.mismatch[bz] = 1
     # da @ W.T: the same micro-kernel, W.T as the weights and zero bias; wt's
     # columns are W's rows with the d*N recurrent ones first (whole vectors
@@ -882,81 +926,80 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
 
 
 @njit(**_INLINE)
-def _cell_grad(act, c_prev, h, c, dh, dc, d, n, variant, tol, da, tmp):
+def _cell_grad(act, c_prev, h, c, dh, dc, d, n, variant, tol, da):
     """da ((3+d)N,) of one cell from its gates' activations act (see
     _activate), the predecessors' cells c_prev (d, N), its stored h, c and
     total gradients dh, dc. On return dc is the gradient of c itself and
     c_prev[k] the c message to predecessor k (dc * f_k). Recomputes c and h
-    on the way (tmp: N scratch values) and returns whether they differ from
-    the stored ones by more than tol * (1 + |value|): h, c not from a
-    matching forward.
+    on the way and returns whether they differ from the stored ones by more
+    than tol * (1 + |value|): h, c not from a matching forward.
 
-    Loops over r on views, without branches, each writing one or two arrays,
-    so that they vectorise; the only activation left is tanh of the cell.
+    One vector of units at a time, all steps on it in registers (the last
+    vector's lanes past N are zeros, neither read nor written): the
+    loop-per-step form spent most of its time entering and leaving its ~10
+    short loops (N = 32 took as long as N = 64). One function, no helper
+    taking the arrays: each call or copy of an array would count references.
     """
-    one = as_float_like(1.0, c[0])
+    lanes = VEC_BYTES // c.itemsize
+    one = vsplat(as_float_like(1.0, c[0]))
     zero = one - one
-    big = saturate(as_float_like(np.inf, one))  # the largest finite float
-    g, o, i = act[:n], act[n:2 * n], act[2 * n:3 * n]
-    da_g, da_o, da_i = da[:n], da[n:2 * n], da[2 * n:3 * n]
-    cell = tmp[:n]
-    for r in range(n):  # the forward's c, as _cell_update computes it
-        cell[r] = g[r] * i[r]
-    scale = as_float_like(1.0 / d if variant == HALVED else 1.0, one)
-    if variant == STABLE:
-        forget, lam, up, left = act[3 * n:4 * n], act[4 * n:5 * n], c_prev[0], c_prev[1]
-        for r in range(n):
-            mix = lam[r]
-            cell[r] += forget[r] * (mix * up[r] + (one - mix) * left[r])
-    else:
-        for k in range(d):
-            forget, before = act[(3 + k) * n:(4 + k) * n], c_prev[k]
-            for r in range(n):
-                cell[r] += forget[r] * before[r] * scale
-    bad = 0
-    for r in range(n):
-        cr = c[r]
-        bad += abs(saturate(cell[r]) - cr) > tol * (one + abs(cr))
-    if variant == SLSTM:
-        for r in range(n):
-            o_r, cr = o[r], c[r]
-            hr = fast_tanh(cr * o_r)
-            bad += abs(hr - h[r]) > tol * (one + abs(h[r]))
-            du = dh[r] * (one - hr * hr)
-            dc[r] += du * o_r
-            da_o[r] = du * cr * o_r * (one - o_r)
-    else:  # GRAVES, HALVED, STABLE
-        for r in range(n):
-            o_r, cr = o[r], c[r]
-            tc = fast_tanh(cr)
-            hr = o_r * tc
-            bad += abs(hr - h[r]) > tol * (one + abs(h[r]))
-            dc[r] += dh[r] * o_r * (one - tc * tc)
-            da_o[r] = dh[r] * tc * o_r * (one - o_r)
-    for r in range(n):  # saturated: the clip's derivative is 0
-        dc[r] = dc[r] if abs(c[r]) < big else zero
-    for r in range(n):
-        g_r, i_r, dcr = g[r], i[r], dc[r]
-        da_g[r] = dcr * i_r * (one - g_r * g_r)
-        da_i[r] = dcr * g_r * i_r * (one - i_r)
-    if variant == STABLE:
-        forget, lam, up, left = act[3 * n:4 * n], act[4 * n:5 * n], c_prev[0], c_prev[1]
-        da_f, da_l = da[3 * n:4 * n], da[4 * n:5 * n]
-        for r in range(n):
-            f, mix = forget[r], lam[r]
-            d_mix = dc[r] * f  # gradient of lam*up + (1-lam)*left
-            da_f[r] = dc[r] * (mix * up[r] + (one - mix) * left[r]) * f * (one - f)
-            da_l[r] = d_mix * (up[r] - left[r]) * mix * (one - mix)
-            up[r], left[r] = d_mix * mix, d_mix * (one - mix)
-        return bad > 0
-    for k in range(d):
-        forget, da_f, before = act[(3 + k) * n:(4 + k) * n], da[(3 + k) * n:(4 + k) * n], \
-            c_prev[k]
-        for r in range(n):
-            f = forget[r]
-            da_f[r] = dc[r] * scale * before[r] * f * (one - f)
-            before[r] = dc[r] * scale * f
-    return bad > 0
+    big = vsplat(saturate(as_float_like(np.inf, c[0])))  # the largest finite float
+    limit = vsplat(as_float_like(tol, c[0]))
+    scale = vsplat(as_float_like(1.0 / d if variant == HALVED else 1.0, c[0]))
+    bad = False
+    for r in range(0, n, lanes):
+        count = min(lanes, n - r)
+        g = vload_part(act, r, count)
+        o = vload_part(act, n + r, count)
+        i = vload_part(act, 2 * n + r, count)
+        cell = g * i  # the forward's c, as _cell_update computes it
+        # Defined on every path: a variable set in one branch only would make
+        # Numba's inliner (the group body is inlined) see an undefined value.
+        forget = mix = up = left = zero
+        if variant == STABLE:
+            forget, mix = vload_part(act, 3 * n + r, count), vload_part(act, 4 * n + r, count)
+            up, left = vload_part(c_prev, r, count), vload_part(c_prev, n + r, count)
+            cell = cell + forget * (mix * up + (one - mix) * left)
+        else:
+            for k in range(d):
+                before = vload_part(c_prev, k * n + r, count)
+                cell = cell + vload_part(act, (3 + k) * n + r, count) * before * scale
+        cr, h_stored = vload_part(c, r, count), vload_part(h, r, count)
+        dh_r, dc_r = vload_part(dh, r, count), vload_part(dc, r, count)
+        cell = vwhere_gt(cell, big, big, vwhere_gt(vneg(big), cell, vneg(big), cell))
+        bad_c = vany_gt(vabs(cell - cr), limit * (one + vabs(cr)))
+        if variant == SLSTM:
+            hr = _vtanh(cr * o)
+            du = dh_r * (one - hr * hr)
+            dc_r = dc_r + du * o
+            da_o = du * cr * o * (one - o)
+        else:  # GRAVES, HALVED, STABLE
+            tc = _vtanh(cr)
+            hr = o * tc
+            dc_r = dc_r + dh_r * o * (one - tc * tc)
+            da_o = dh_r * tc * o * (one - o)
+        bad_h = vany_gt(vabs(hr - h_stored), limit * (one + vabs(h_stored)))
+        dc_r = vwhere_gt(big, vabs(cr), dc_r, zero)  # saturated: the clip's derivative is 0
+        vstore_part(dc, r, dc_r, count)
+        vstore_part(da, r, dc_r * i * (one - g * g), count)
+        vstore_part(da, n + r, da_o, count)
+        vstore_part(da, 2 * n + r, dc_r * g * i * (one - i), count)
+        if variant == STABLE:
+            d_mix = dc_r * forget  # gradient of lam*up + (1-lam)*left
+            mixed = mix * up + (one - mix) * left
+            vstore_part(da, 3 * n + r, dc_r * mixed * forget * (one - forget), count)
+            vstore_part(da, 4 * n + r, d_mix * (up - left) * mix * (one - mix), count)
+            vstore_part(c_prev, r, d_mix * mix, count)
+            vstore_part(c_prev, n + r, d_mix * (one - mix), count)
+        else:
+            for k in range(d):
+                forget = vload_part(act, (3 + k) * n + r, count)
+                before = vload_part(c_prev, k * n + r, count)
+                vstore_part(da, (3 + k) * n + r, dc_r * scale * before * forget * (one - forget),
+                            count)
+                vstore_part(c_prev, k * n + r, dc_r * scale * forget, count)
+        bad = bad | bad_c | bad_h
+    return bad
 
 
 @njit(**_ACT)

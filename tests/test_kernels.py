@@ -8,6 +8,8 @@ import textwrap
 import numpy as np
 import pytest
 from helpers import make_problem
+from naive import _cell as naive_cell
+from naive import _cell_grads as naive_cell_grads
 from naive import scan as naive_scan
 
 import fastmdlstm
@@ -207,3 +209,102 @@ def test_backward_with_kept_gates_is_bitwise_the_same(variant, hidden):
 
     for got, want in zip(run(kept[0])[:3], run(None)[:3]):
         np.testing.assert_array_equal(got, want)
+
+
+@numba.njit
+def _vector_tanh_array(x, out):
+    lanes = _kernels.VEC_BYTES // x.itemsize
+    for r in range(0, x.size - x.size % lanes, lanes):
+        _kernels.vstore(out, r, _kernels._vtanh(_kernels.vload(x, r)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_tanh_is_the_scalar_tanh_bitwise(dtype):
+    """The backward's cell gradient takes tanh a vector at a time: the same
+    bits as the scalar tanh whose accuracy the tests above bound."""
+    if numba.config.DISABLE_JIT:
+        pytest.skip("unjitted, the scalar tanh is math.tanh")
+    if dtype == np.float32:
+        x = float32_probe_points()
+    else:
+        x = np.concatenate([np.linspace(-40, 40, 400_001), [0.0, -0.0, 5e-324, 1e300, -1e300]])
+    x = np.concatenate([x, np.array([np.nan, np.inf, -np.inf], dtype)]).astype(dtype)
+    x = x[:x.size - x.size % 16]
+    got, want = np.empty_like(x), np.empty_like(x)
+    _vector_tanh_array(x, got)
+    _kernels.activation_array(x, want, False)
+    np.testing.assert_array_equal(got, want)
+
+
+@numba.njit
+def _cell_grad_call(act, c_prev, h, c, dh, dc, d, n, variant, tol, da):
+    return _kernels._cell_grad(act, c_prev, h, c, dh, dc, d, n, variant, tol, da)
+
+
+def _guarded(values, spare=40):
+    """values in the front of a NaN-filled buffer: (the C-contiguous view, the buffer)."""
+    buf = np.full(values.size + spare, np.nan, values.dtype)
+    buf[:values.size] = values.ravel()
+    return buf[:values.size].reshape(values.shape), buf
+
+
+def _cell_grad_units(arrays, d, code, tol, units):
+    """_cell_grad on the units `units` of arrays (act, c_prev, h, c, dh, dc)
+    alone, each array before NaN guards that must stay: (bad, da (3+d, k),
+    the c messages (d, k), dc)."""
+    k = len(units)
+    views, bufs = zip(*(_guarded(np.ascontiguousarray(a[..., units])) for a in arrays))
+    da_view, da_buf = _guarded(np.full((3 + d) * k, np.nan, arrays[0].dtype))
+    bad = _cell_grad_call(views[0].ravel(), views[1], views[2], views[3], views[4], views[5],
+                          d, k, code, tol, da_view)
+    for view, buf in zip(views + (da_view,), bufs + (da_buf,)):
+        assert np.isnan(buf[view.size:]).all()
+    return bad, da_view.reshape(3 + d, k), views[1], views[5]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", ["slstm", "graves", "halved", "stable"])
+def test_cell_grad_on_part_vectors(dtype, variant):
+    """The cell gradient runs a vector of units at a time, the last one part
+    full when N is not a multiple of the lanes: each unit's result is the
+    same bits whether it sits in a whole vector, a part one or alone, agrees
+    with the naive formulas, and nothing past the arrays' ends is read into
+    the results or written (each array sits before NaN guards)."""
+    rng = np.random.default_rng(5)
+    code = _kernels.VARIANTS[variant]
+    tol = dtype(1e-3 if dtype == np.float32 else 1e-7)
+    for d in ([2] if variant == "stable" else [1, 2, 3]):
+        n = 21  # 2 whole float32 AVX2 vectors and a part; 1 AVX-512 one and a part
+        act = rng.uniform(0.05, 0.95, (3 + d, n))
+        c_prev = rng.uniform(-2, 2, (d, n))
+        cell = naive_cell(variant, act[0], act[2], list(act[3:]), list(c_prev))
+        c = np.clip(cell, -np.finfo(dtype).max, np.finfo(dtype).max)
+        h = np.tanh(c * act[1]) if variant == "slstm" else act[1] * np.tanh(c)
+        dh, dc = rng.uniform(-1, 1, n), rng.uniform(-1, 1, n)
+        arrays = [a.astype(dtype) for a in (act, c_prev, h, c, dh, dc)]
+
+        whole = _cell_grad_units(arrays, d, code, tol, list(range(n)))
+        assert not whole[0]
+        for start, stop in ((0, 1), (3, 8), (5, 21), (20, 21)):
+            part = _cell_grad_units(arrays, d, code, tol, list(range(start, stop)))
+            for got, want in zip(part[1:], whole[1:]):
+                np.testing.assert_array_equal(got, want[..., start:stop])
+        # the naive formulas (float64): dc through h, then the gates
+        a = act
+        if variant == "slstm":
+            dc_total = dc + dh * (1 - h * h) * a[1]
+            da_o = dh * (1 - h * h) * c * a[1] * (1 - a[1])
+        else:
+            t = np.tanh(c)
+            dc_total = dc + dh * a[1] * (1 - t * t)
+            da_o = dh * t * a[1] * (1 - a[1])
+        d_forget, messages = naive_cell_grads(variant, list(a[3:]), list(c_prev), dc_total)
+        want = np.vstack([dc_total * a[2] * (1 - a[0] ** 2), da_o,
+                          dc_total * a[0] * a[2] * (1 - a[2])] + d_forget)
+        rtol = 2e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(whole[1], want, rtol=rtol, atol=rtol)
+        np.testing.assert_allclose(whole[2], np.array(messages), rtol=rtol, atol=rtol)
+        np.testing.assert_allclose(whole[3], dc_total, rtol=rtol, atol=rtol)
+        # a changed c (h, c not from a matching forward) is told
+        arrays[3][n - 1] += 1
+        assert _cell_grad_units(arrays, d, code, tol, list(range(n)))[0]
