@@ -1169,10 +1169,17 @@ def _forward_scratch_parts(p, group):
 
 
 @njit(**_OPTS)
+def _deferred_cells(group):
+    """Cells whose rows and da the backward's scratch holds for one weight-
+    gradient pass (_backward_group): OUTER_CELLS, or a group if larger."""
+    return max(group, OUTER_CELLS)
+
+
+@njit(**_OPTS)
 def _backward_scratch_parts(p, group):
     n_rows, n_gates, d, n = p.w.shape[1], p.w.shape[2], p.d, p.n
     # acc, rows, c_prev, da, drows, dh, dc; rows and da hold the deferred cells
-    cells = max(group, OUTER_CELLS)
+    cells = _deferred_cells(group)
     return (group * n_gates, cells * n_rows, group * d * n, cells * n_gates,
             group * p.wt.shape[2], group * n, group * n)
 
@@ -1220,7 +1227,7 @@ def _forward_carve(p, buf, group):
 def _backward_carve(p, buf, group):
     n_rows, n_gates, d, n = p.w.shape[1], p.w.shape[2], p.d, p.n
     acc, rows, c_prev, da, drows, dh, dc = _carve_flat(p, buf, group)
-    cells = max(group, OUTER_CELLS)
+    cells = _deferred_cells(group)
     return (rows.reshape((cells, n_rows)), c_prev.reshape((group, d, n)),
             acc.reshape((group, n_gates)), da.reshape((cells, n_gates)),
             drows.reshape((group, p.wt.shape[2])), dh.reshape((group, n)),
