@@ -80,6 +80,31 @@ def _element_pointer(context, builder, aryty, ary, index):
     return builder.gep(data, [index], inbounds=True)
 
 
+def _strided_pointer(context, builder, aryty, ary, index):
+    """Address of element `index` of a 1-D array of any layout (its stride)."""
+    view = context.make_array(aryty)(context, builder, ary)
+    stride = cgutils.unpack_tuple(builder, view.strides, 1)[0]
+    base = builder.ptrtoint(view.data, stride.type)
+    return builder.inttoptr(builder.add(base, builder.mul(index, stride)), view.data.type)
+
+
+def _splat(builder, value, vty):
+    """A vector of type vty with every lane equal to the scalar value."""
+    one = builder.insert_element(ir.Constant(vty, ir.Undefined), value,
+                                 ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(
+        one, one, ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count))
+
+
+def _call_vector_intrinsic(builder, name, args):
+    """llvm.<name> on float vectors of args[0]'s type (e.g. "fma", "fabs")."""
+    vty = args[0].type
+    suffix = "f32" if isinstance(vty.element, ir.FloatType) else "f64"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * len(args)),
+                                        f"llvm.{name}.v{vty.count}{suffix}")
+    return builder.call(fn, args)
+
+
 def _check_array(arr):
     if not (isinstance(arr, types.Array) and arr.layout == "C"
             and arr.dtype in (types.float32, types.float64)):
@@ -153,11 +178,7 @@ def vsplat(typingctx, x):
     vec = Vec(x)
 
     def codegen(context, builder, sig, args):
-        vty = context.get_value_type(sig.return_type)
-        one = builder.insert_element(ir.Constant(vty, ir.Undefined), args[0],
-                                     ir.Constant(ir.IntType(32), 0))
-        zeros = ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count)
-        return builder.shuffle_vector(one, one, zeros)
+        return _splat(builder, args[0], context.get_value_type(sig.return_type))
 
     return vec(x), codegen
 
@@ -167,11 +188,7 @@ def vfma(typingctx, a, b, c):
     """a * b + c per lane with one rounding (llvm.fma)."""
 
     def codegen(context, builder, sig, args):
-        vty = args[0].type
-        suffix = "f32" if isinstance(vty.element, ir.FloatType) else "f64"
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vty, [vty] * 3), f"llvm.fma.v{vty.count}{suffix}")
-        return builder.call(fn, args)
+        return _call_vector_intrinsic(builder, "fma", args)
 
     return c(a, b, c), codegen
 
@@ -229,11 +246,7 @@ def vabs(typingctx, a):
         return None
 
     def codegen(context, builder, sig, args):
-        vty = args[0].type
-        suffix = "f32" if isinstance(vty.element, ir.FloatType) else "f64"
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vty, [vty]), f"llvm.fabs.v{vty.count}{suffix}")
-        return builder.call(fn, args)
+        return _call_vector_intrinsic(builder, "fabs", args)
 
     return a(a), codegen
 
@@ -280,11 +293,7 @@ def vbits_add_shl(typingctx, a, bias, shift):
 
         def splat(value, ty):
             v = context.cast(builder, value, ty, types.int64)
-            v = builder.trunc(v, ir.IntType(width)) if width == 32 else v
-            one = builder.insert_element(ir.Constant(ity, ir.Undefined), v,
-                                         ir.Constant(ir.IntType(32), 0))
-            return builder.shuffle_vector(
-                one, one, ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count))
+            return _splat(builder, builder.trunc(v, ir.IntType(width)) if width == 32 else v, ity)
 
         bits = builder.add(builder.bitcast(args[0], ity), splat(args[1], sig.args[1]))
         return builder.bitcast(builder.shl(bits, splat(args[2], sig.args[2])), vty)
@@ -312,15 +321,13 @@ def _part_access(context, builder, aryty, ary, index, count, lanes, whole, lane_
         def element(at):
             return _element_pointer(context, builder, aryty, ary, at)
     else:
-        view = context.make_array(aryty)(context, builder, ary)
-        stride = cgutils.unpack_tuple(builder, view.strides, 1)[0]
-        base = builder.ptrtoint(view.data, stride.type)
+        stride = cgutils.unpack_tuple(
+            builder, context.make_array(aryty)(context, builder, ary).strides, 1)[0]
         item = ir.Constant(stride.type, aryty.dtype.bitwidth // 8)
         full = builder.and_(full, builder.icmp_signed("==", stride, item))
 
         def element(at):
-            return builder.inttoptr(builder.add(base, builder.mul(at, stride)),
-                                    view.data.type)
+            return _strided_pointer(context, builder, aryty, ary, at)
     with builder.if_else(full) as (then, otherwise):
         with then:
             whole(element(index))
@@ -398,11 +405,7 @@ def prefetch(typingctx, arr, index):
         if aryty.layout == "C":
             ptr = _element_pointer(context, builder, aryty, args[0], args[1])
         else:
-            ary = context.make_array(aryty)(context, builder, args[0])
-            stride = cgutils.unpack_tuple(builder, ary.strides, 1)[0]
-            base = builder.ptrtoint(ary.data, stride.type)
-            ptr = builder.inttoptr(builder.add(base, builder.mul(args[1], stride)),
-                                   ary.data.type)
+            ptr = _strided_pointer(context, builder, aryty, args[0], args[1])
         i8p = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
         fn = cgutils.get_or_insert_function(
