@@ -599,6 +599,12 @@ def _prefetch_lines(v):
 
 
 @njit(**_OPTS)
+def _sum(src_a, src_b, dst):
+    for r in range(dst.size):
+        dst[r] = src_a[r] + src_b[r]
+
+
+@njit(**_OPTS)
 def _add(src, dst):
     for r in range(dst.size):
         dst[r] += src[r]
@@ -818,21 +824,6 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
     bz = b * p.w.shape[0] + z
     ch = z * n
     n_gates = p.w.shape[2]
-    # The big arrays are read a few cells per row at a time, rows far apart:
-    # more streams than the hardware prefetcher follows. Ask for what these
-    # rows need two steps on (their next cells' gates, states, gradients, the
-    # input and its gradient: ~4 % on standard for the last two).
-    if not p.inplace:
-        for m in range(m_cnt):
-            ax, ix, jx, j = _cell_coords(p, b, z, t + 2, a, i0 + m, split, shift)
-            if j < s2:
-                if p.pre.size:
-                    _prefetch_lines(p.pre[b, ax, ix, jx, z * n_gates:(z + 1) * n_gates])
-                _prefetch_lines(p.h[b, ax, ix, jx, ch:ch + n])
-                _prefetch_lines(p.c[b, ax, ix, jx, ch:ch + n])
-                _prefetch_lines(p.grad_h[b, ax, ix, jx, ch:ch + n])
-                _prefetch_lines(x[b, ax, ix, jx])
-                _prefetch_lines(p.dx[b, ax, ix, jx])
     # Gather: the forward's row (x and the forward predecessors' h, i.e. the
     # next cells of this scan), the predecessors' c, and the messages from
     # this scan's previous cells (the forward successors). All reads come
@@ -843,16 +834,17 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
         row = rows[m]
         _copy(x[b, ax, ix, jx], row[:n_in])
         dh_m, dc_m = dh[m], dc[m]
-        if p.inplace:
-            _copy(p.grad_h[b, ax, ix, jx], dh_m)
-        else:
-            _copy(p.grad_h[b, ax, ix, jx, ch:ch + n], dh_m)
+        # dh, dc: the given gradients plus the messages, summed in k order;
+        # the first sum replaces the copy (fewer short loops).
+        grad_h = p.grad_h[b, ax, ix, jx, ch:ch + n] if not p.inplace else p.grad_h[
+            b, ax, ix, jx, :n]
         if p.grad_c.size == 0:
-            dc_m[:] = 0
+            grad_c = p.zero[z, :n]
         elif p.inplace:
-            _copy(p.grad_c[b, ax, ix, jx], dc_m)
+            grad_c = p.grad_c[b, ax, ix, jx, :n]
         else:
-            _copy(p.grad_c[b, ax, ix, jx, ch:ch + n], dc_m)
+            grad_c = p.grad_c[b, ax, ix, jx, ch:ch + n]
+        summed = False
         for k in range(d):
             q = first_real + k
             h_dst = row[n_in + k * n:n_in + (k + 1) * n]
@@ -874,13 +866,36 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
             present, qa, qi, qj = _step_back(q, a, i, j)
             if present:
                 u, v = _roll_pos(ring, t - 1, qa, qi, qj, s1_all)
-                _add2(roll_h[slot, u, v, k * n:(k + 1) * n],
-                      roll_c[slot, u, v, k * n:(k + 1) * n], dh_m, dc_m)
+                msg_h = roll_h[slot, u, v, k * n:(k + 1) * n]
+                msg_c = roll_c[slot, u, v, k * n:(k + 1) * n]
+                if summed:
+                    _add2(msg_h, msg_c, dh_m, dc_m)
+                else:
+                    _sum(grad_h, msg_h, dh_m)
+                    _sum(grad_c, msg_c, dc_m)
+                    summed = True
+        if not summed:
+            _copy2(grad_h, grad_c, dh_m, dc_m)
     if p.pre.size == 0:
         _preactivation(rows, p.w, p.bias, z, acc, m_cnt)
     for m in range(m_cnt):
         i = i0 + m
         ax, ix, jx, j = _cell_coords(p, b, z, t, a, i, split, shift)
+        # The big arrays are read a few cells per row at a time, rows far
+        # apart: more streams than the hardware prefetcher follows. Ask for
+        # what the cell two steps on needs (gates, states, gradients, input and
+        # its gradient), a cell at a time between the cell gradients: a whole
+        # group's ~270 lines asked for at once stalled on the misses in flight.
+        if not p.inplace:
+            px, pix, pjx, pj = _cell_coords(p, b, z, t + 2, a, i, split, shift)
+            if pj < s2:
+                if p.pre.size:
+                    _prefetch_lines(p.pre[b, px, pix, pjx, z * n_gates:(z + 1) * n_gates])
+                _prefetch_lines(p.h[b, px, pix, pjx, ch:ch + n])
+                _prefetch_lines(p.c[b, px, pix, pjx, ch:ch + n])
+                _prefetch_lines(p.grad_h[b, px, pix, pjx, ch:ch + n])
+                _prefetch_lines(x[b, px, pix, pjx])
+                _prefetch_lines(p.dx[b, px, pix, pjx])
         if p.pre.size:  # kept by the forward
             act = p.pre[b, ax, ix, jx, z * n_gates:(z + 1) * n_gates]
         else:
@@ -892,8 +907,11 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
         else:
             h_cell = p.h[b, ax, ix, jx, ch:ch + n]
             c_cell = p.c[b, ax, ix, jx, ch:ch + n]
+        # The c messages go straight to this cell's slot: the group's gathers,
+        # the slots' only readers, are done.
+        u, v = _roll_pos(ring, t, a, i, j, s1_all)
         if _cell_grad(act, c_prev[m], h_cell, c_cell, dh[m], dc[m], d, n, p.variant,
-                      p.tol, da[m]):
+                      p.tol, da[m], roll_c[slot, u, v]):
             p.mismatch[bz] = 1
     # da @ W.T: the same micro-kernel, W.T as the weights and zero bias; wt's
     # columns are W's rows with the d*N recurrent ones first (whole vectors
@@ -905,12 +923,11 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
         _add(drows[m, d * n:], p.dx[b, ax, ix, jx])
         u, v = _roll_pos(ring, t, a, i, j, s1_all)
         msg_h, msg_c = roll_h[slot, u, v], roll_c[slot, u, v]
-        for k in range(d):  # c_prev[m] holds the c messages now (_cell_grad)
+        _copy(drows[m, :d * n], msg_h)  # the c messages are there (_cell_grad)
+        if not p.inplace:
+            continue
+        for k in range(d):
             part_c = msg_c[k * n:(k + 1) * n]
-            _copy2(drows[m, k * n:(k + 1) * n], c_prev[m, k],
-                   msg_h[k * n:(k + 1) * n], part_c)
-            if not p.inplace:
-                continue
             q = first_real + k
             pa, pi, pj = _step_on(q, a, i, j)
             if pa < s0 and pi < s1 and pj < s2:
@@ -929,13 +946,13 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
 
 
 @njit(**_INLINE)
-def _cell_grad(act, c_prev, h, c, dh, dc, d, n, variant, tol, da):
+def _cell_grad(act, c_prev, h, c, dh, dc, d, n, variant, tol, da, msg_c):
     """da ((3+d)N,) of one cell from its gates' activations act (see
     _activate), the predecessors' cells c_prev (d, N), its stored h, c and
     total gradients dh, dc. On return dc is the gradient of c itself and
-    c_prev[k] the c message to predecessor k (dc * f_k). Recomputes c and h
-    on the way and returns whether they differ from the stored ones by more
-    than tol * (1 + |value|): h, c not from a matching forward.
+    msg_c[kN:(k+1)N] the c message to predecessor k (dc * f_k). Recomputes c
+    and h on the way and returns whether they differ from the stored ones by
+    more than tol * (1 + |value|): h, c not from a matching forward.
 
     One vector of units at a time, all steps on it in registers (the last
     vector's lanes past N are zeros, neither read nor written): the
@@ -958,11 +975,12 @@ def _cell_grad(act, c_prev, h, c, dh, dc, d, n, variant, tol, da):
         cell = g * i  # the forward's c, as _cell_update computes it
         # Defined on every path: a variable set in one branch only would make
         # Numba's inliner (the group body is inlined) see an undefined value.
-        forget = mix = up = left = zero
+        forget = mix = up = left = mixed = zero
         if variant == STABLE:
             forget, mix = vload_part(act, 3 * n + r, count), vload_part(act, 4 * n + r, count)
             up, left = vload_part(c_prev, r, count), vload_part(c_prev, n + r, count)
-            cell = cell + forget * (mix * up + (one - mix) * left)
+            mixed = mix * up + (one - mix) * left
+            cell = cell + forget * mixed
         else:
             for k in range(d):
                 before = vload_part(c_prev, k * n + r, count)
@@ -989,18 +1007,17 @@ def _cell_grad(act, c_prev, h, c, dh, dc, d, n, variant, tol, da):
         vstore_part(da, 2 * n + r, dc_r * g * i * (one - i), count)
         if variant == STABLE:
             d_mix = dc_r * forget  # gradient of lam*up + (1-lam)*left
-            mixed = mix * up + (one - mix) * left
             vstore_part(da, 3 * n + r, dc_r * mixed * forget * (one - forget), count)
             vstore_part(da, 4 * n + r, d_mix * (up - left) * mix * (one - mix), count)
-            vstore_part(c_prev, r, d_mix * mix, count)
-            vstore_part(c_prev, n + r, d_mix * (one - mix), count)
+            vstore_part(msg_c, r, d_mix * mix, count)
+            vstore_part(msg_c, n + r, d_mix * (one - mix), count)
         else:
             for k in range(d):
                 forget = vload_part(act, (3 + k) * n + r, count)
                 before = vload_part(c_prev, k * n + r, count)
                 vstore_part(da, (3 + k) * n + r, dc_r * scale * before * forget * (one - forget),
                             count)
-                vstore_part(c_prev, k * n + r, dc_r * scale * forget, count)
+                vstore_part(msg_c, k * n + r, dc_r * scale * forget, count)
         bad = bad | bad_c | bad_h
     return bad
 

@@ -237,8 +237,8 @@ def test_vector_tanh_is_the_scalar_tanh_bitwise(dtype):
 
 
 @numba.njit
-def _cell_grad_call(act, c_prev, h, c, dh, dc, d, n, variant, tol, da):
-    return _kernels._cell_grad(act, c_prev, h, c, dh, dc, d, n, variant, tol, da)
+def _cell_grad_call(act, c_prev, h, c, dh, dc, d, n, variant, tol, da, msg_c):
+    return _kernels._cell_grad(act, c_prev, h, c, dh, dc, d, n, variant, tol, da, msg_c)
 
 
 def _guarded(values, spare=40):
@@ -255,11 +255,14 @@ def _cell_grad_units(arrays, d, code, tol, units):
     k = len(units)
     views, bufs = zip(*(_guarded(np.ascontiguousarray(a[..., units])) for a in arrays))
     da_view, da_buf = _guarded(np.full((3 + d) * k, np.nan, arrays[0].dtype))
+    msg_view, msg_buf = _guarded(np.full(d * k, np.nan, arrays[0].dtype))
+    c_prev_before = views[1].copy()
     bad = _cell_grad_call(views[0].ravel(), views[1], views[2], views[3], views[4], views[5],
-                          d, k, code, tol, da_view)
-    for view, buf in zip(views + (da_view,), bufs + (da_buf,)):
+                          d, k, code, tol, da_view, msg_view)
+    for view, buf in zip(views + (da_view, msg_view), bufs + (da_buf, msg_buf)):
         assert np.isnan(buf[view.size:]).all()
-    return bad, da_view.reshape(3 + d, k), views[1], views[5]
+    np.testing.assert_array_equal(views[1], c_prev_before)  # an input only
+    return bad, da_view.reshape(3 + d, k), msg_view.reshape(d, k), views[5]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
