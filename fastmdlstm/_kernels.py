@@ -68,9 +68,10 @@ from ._lowlevel import (
 # error_model="numpy": a float division must not carry a zero-division branch,
 # which would stop the activation loops from vectorising.
 _OPTS = {"cache": True, "nogil": True, "error_model": "numpy"}
-# Numba-level inlining for the per-group body and the per-cell update: a call
-# passes 7 words per array, and LLVM judged the bodies too big to inline
-# (~8% and ~3% on digits).
+# Numba-level inlining for the per-group body, the per-cell update and the
+# short row copies and sums: a call passes 7 words per array, and LLVM judged
+# the bodies too big to inline (~8% and ~3% on digits; the row helpers, left
+# as calls through a pointer, ~5% of the forward on Zen 3).
 _INLINE = dict(_OPTS, inline="always")
 
 VARIANTS = VARIANT_CODES  # name -> the code the kernels take
@@ -434,6 +435,37 @@ def _tile_4x2(rows, m, w, bias, z, g, lanes, acc, init_stride):
 
 
 @njit(**_ACT_INLINE)
+def _tile_6x2(rows, m, w, bias, z, g, lanes, acc, init_stride):
+    """AVX2's widest: 12 accumulators + 2 weight vectors + 1 splat of the 16
+    registers (_accumulate_outer, whose tiles need not divide a group)."""
+    n_rows, n_gates = w.shape[1], w.shape[2]
+    at = z * n_rows * n_gates + g
+    c00, c01 = _load2(bias, z * n_gates + g + m * init_stride, lanes)
+    c10, c11 = _load2(bias, z * n_gates + g + (m + 1) * init_stride, lanes)
+    c20, c21 = _load2(bias, z * n_gates + g + (m + 2) * init_stride, lanes)
+    c30, c31 = _load2(bias, z * n_gates + g + (m + 3) * init_stride, lanes)
+    c40, c41 = _load2(bias, z * n_gates + g + (m + 4) * init_stride, lanes)
+    c50, c51 = _load2(bias, z * n_gates + g + (m + 5) * init_stride, lanes)
+    for r in range(n_rows):
+        w0 = vload(w, at)
+        w1 = vload(w, at + lanes)
+        at += n_gates
+        c00, c01 = _fma2(rows[m, r], w0, w1, c00, c01)
+        c10, c11 = _fma2(rows[m + 1, r], w0, w1, c10, c11)
+        c20, c21 = _fma2(rows[m + 2, r], w0, w1, c20, c21)
+        c30, c31 = _fma2(rows[m + 3, r], w0, w1, c30, c31)
+        c40, c41 = _fma2(rows[m + 4, r], w0, w1, c40, c41)
+        c50, c51 = _fma2(rows[m + 5, r], w0, w1, c50, c51)
+    out = m * n_gates + g
+    _store2(acc, out, lanes, c00, c01)
+    _store2(acc, out + n_gates, lanes, c10, c11)
+    _store2(acc, out + 2 * n_gates, lanes, c20, c21)
+    _store2(acc, out + 3 * n_gates, lanes, c30, c31)
+    _store2(acc, out + 4 * n_gates, lanes, c40, c41)
+    _store2(acc, out + 5 * n_gates, lanes, c50, c51)
+
+
+@njit(**_ACT_INLINE)
 def _tile_1x2(rows, m, w, bias, z, g, lanes, acc, init_stride):
     n_rows, n_gates = w.shape[1], w.shape[2]
     at = z * n_rows * n_gates + g
@@ -559,13 +591,13 @@ def _cell_update(act, c_prev, d, n, variant, h, c):
             h[r] = out_gate[r] * fast_tanh(c[r])
 
 
-@njit(**_OPTS)
+@njit(**_INLINE)
 def _copy(src, dst):
     for r in range(dst.size):
         dst[r] = src[r]
 
 
-@njit(**_OPTS)
+@njit(**_INLINE)
 def _copy2(src_a, src_b, dst_a, dst_b):
     """dst_a[:] = src_a; dst_b[:] = src_b (one loop: both rows are short)."""
     for r in range(dst_a.size):
@@ -589,7 +621,7 @@ def _copy_streaming(src, dst):
         vstore_stream(dst, k, vload(src, k))
 
 
-@njit(**_OPTS)
+@njit(**_INLINE)
 def _prefetch_lines(v):
     """Prefetch the cache lines of the 1-D view v."""
     line = 64 // v.itemsize
@@ -598,19 +630,19 @@ def _prefetch_lines(v):
     prefetch(v, v.size - 1)  # a view need not start on a line
 
 
-@njit(**_OPTS)
+@njit(**_INLINE)
 def _sum(src_a, src_b, dst):
     for r in range(dst.size):
         dst[r] = src_a[r] + src_b[r]
 
 
-@njit(**_OPTS)
+@njit(**_INLINE)
 def _add(src, dst):
     for r in range(dst.size):
         dst[r] += src[r]
 
 
-@njit(**_OPTS)
+@njit(**_INLINE)
 def _add2(src_a, src_b, dst_a, dst_b):
     """dst_a += src_a; dst_b += src_b."""
     for r in range(dst_a.size):
@@ -836,12 +868,9 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
         dh_m, dc_m = dh[m], dc[m]
         # dh, dc: the given gradients plus the messages, summed in k order;
         # the first sum replaces the copy (fewer short loops).
-        grad_h = p.grad_h[b, ax, ix, jx, ch:ch + n] if not p.inplace else p.grad_h[
-            b, ax, ix, jx, :n]
+        grad_h = p.grad_h[b, ax, ix, jx, ch:ch + n]  # in place: one direction, ch = 0
         if p.grad_c.size == 0:
             grad_c = p.zero[z, :n]
-        elif p.inplace:
-            grad_c = p.grad_c[b, ax, ix, jx, :n]
         else:
             grad_c = p.grad_c[b, ax, ix, jx, ch:ch + n]
         summed = False
@@ -1045,9 +1074,13 @@ def _accumulate_outer(rows, da, m_cnt, dw, db):
     m = 0
     while m < n_rows:
         tile = 8 if WIDE_TILES and m + 8 <= n_rows else (4 if m + 4 <= n_rows else 1)
+        if not WIDE_TILES and m + 6 <= n_rows:
+            tile = 6
         for g in range(0, wide_end, 2 * lanes):
             if tile == 8:
                 _tile_8x2(by_row, m, w, dw, 0, g, lanes, dw, n_gates)
+            elif tile == 6:
+                _tile_6x2(by_row, m, w, dw, 0, g, lanes, dw, n_gates)
             elif tile == 4:
                 _tile_4x2(by_row, m, w, dw, 0, g, lanes, dw, n_gates)
             else:
@@ -1055,10 +1088,12 @@ def _accumulate_outer(rows, da, m_cnt, dw, db):
         for g in range(wide_end, vec_end, lanes):
             if tile == 8:
                 _tile_8x1(by_row, m, w, dw, 0, g, dw, n_gates)
-            elif tile == 4:
-                _tile_4x1(by_row, m, w, dw, 0, g, dw, n_gates)
-            else:
+            elif tile == 1:
                 _tile_1x1(by_row, m, w, dw, 0, g, dw, n_gates)
+            else:  # 4, or 6 as 4 + 1 + 1
+                _tile_4x1(by_row, m, w, dw, 0, g, dw, n_gates)
+                for k in range(m + 4, m + tile):
+                    _tile_1x1(by_row, k, w, dw, 0, g, dw, n_gates)
         m += tile
     for r in range(n_rows):  # fewer than `lanes` gates left
         for g in range(vec_end, n_gates):
