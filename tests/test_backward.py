@@ -232,6 +232,29 @@ def test_padding_ignored(backend, name):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["2d-4", "3d-4"])
+@pytest.mark.parametrize("key", ["grad_h", "grad_c"])
+def test_non_finite_anywhere_valid_is_refused(backend, name, key):
+    """The numba kernels check grad_h/grad_c cell by cell as they read them:
+    a NaN or inf in any valid cell, for any direction, must be caught, the
+    sample's last valid cell (its scan's last read) included."""
+    x, w, b, h, c, gh, gc, kw = setup(name, "slstm")
+    n_dirs = len(kw["directions"])
+    n = gh.shape[-1] // n_dirs
+    rng = np.random.default_rng(7)
+    cases = [(s, tuple(v - 1 for v in size)) for s, size in enumerate(kw["sizes"])]
+    cases += [(s, tuple(int(rng.integers(v)) for v in size)) for s, size in
+              enumerate(kw["sizes"])]
+    for (s, cell), bad in zip(cases, [np.nan, np.inf, -np.inf] * len(cases)):
+        grads = {"grad_h": gh.copy(), "grad_c": gc.copy()}
+        unit = int(rng.integers(n_dirs)) * n + int(rng.integers(n))
+        grads[key][(s,) + cell + (unit,)] = bad
+        with pytest.raises(ValueError, match=f"{key} contains NaN or inf"):
+            fastmdlstm.backward(x, w, b, grads["grad_h"], h=h, c=c, grad_c=grads["grad_c"],
+                                backend=backend, **kw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_parameter_shapes_and_dtypes(backend):
     x, w, b, h, c, gh, gc, kw = setup("2d-1", "graves", dtype=np.float32)
     # 2-D weights and 1-D bias give 2-D and 1-D gradients, in their own dtype
