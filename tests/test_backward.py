@@ -235,9 +235,9 @@ def test_padding_ignored(backend, name):
 @pytest.mark.parametrize("name", ["2d-4", "3d-4"])
 @pytest.mark.parametrize("key", ["grad_h", "grad_c"])
 def test_non_finite_anywhere_valid_is_refused(backend, name, key):
-    """The numba kernels check grad_h/grad_c cell by cell as they read them:
-    a NaN or inf in any valid cell, for any direction, must be caught, the
-    sample's last valid cell (its scan's last read) included."""
+    """A NaN or inf in any valid cell of grad_h/grad_c, for any direction,
+    must be refused, each sample's last valid cell included (only the region
+    outside sizes is ignored: test_padding_ignored)."""
     x, w, b, h, c, gh, gc, kw = setup(name, "slstm")
     n_dirs = len(kw["directions"])
     n = gh.shape[-1] // n_dirs
