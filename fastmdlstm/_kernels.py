@@ -631,23 +631,9 @@ def _prefetch_lines(v):
 
 
 @njit(**_INLINE)
-def _sum(src_a, src_b, dst):
-    for r in range(dst.size):
-        dst[r] = src_a[r] + src_b[r]
-
-
-@njit(**_INLINE)
 def _add(src, dst):
     for r in range(dst.size):
         dst[r] += src[r]
-
-
-@njit(**_INLINE)
-def _add2(src_a, src_b, dst_a, dst_b):
-    """dst_a += src_a; dst_b += src_b."""
-    for r in range(dst_a.size):
-        dst_a[r] += src_a[r]
-        dst_b[r] += src_b[r]
 
 
 # --- problems: the arrays one scan works on ----------------------------------------
@@ -753,6 +739,29 @@ def _pad_offsets(d):
     return (1 if d >= 3 else 0), (1 if d >= 2 else 0), 1
 
 
+@njit(**_OPTS)
+def _message_offsets(ring, t, a, i, j, d, n, s1_all, cols, width):
+    """Where the backward's cell (a, i, j) on plane t finds its messages in a
+    slot of the rolling buffers (rows of `cols` places of `width` values, see
+    _roll_pos): for each k < d the flat offset of part k of the cell one step
+    back along canonical axis 3 - d + k (this scan's previous cell, which
+    sent it part k), or -1 where that lies before the scan's start; -1 for
+    k >= d."""
+    off0 = off1 = off2 = -1
+    for k in range(d):
+        present, qa, qi, qj = _step_back(3 - d + k, a, i, j)
+        if present:
+            u, v = _roll_pos(ring, t - 1, qa, qi, qj, s1_all)
+            at = (u * cols + v) * width + k * n
+            if k == 0:
+                off0 = at
+            elif k == 1:
+                off1 = at
+            else:
+                off2 = at
+    return off0, off1, off2
+
+
 # --- the forward's group body ------------------------------------------------------
 
 
@@ -844,7 +853,7 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
     `fill` cells wait in the scratch (OUTER_CELLS at most), this group's go
     after them, and one pass over dw adds them all once the next group might
     not fit (_flush_outer). Returns the new fill."""
-    rows_all, c_prev, acc, da_all, drows, dh, dc = sc
+    rows_all, c_prev, acc, da_all, drows = sc
     rows, da = rows_all[fill:], da_all[fill:]
     x, d, n = p.x, p.d, p.n
     n_in = x.shape[4]
@@ -857,23 +866,12 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
     ch = z * n
     n_gates = p.w.shape[2]
     # Gather: the forward's row (x and the forward predecessors' h, i.e. the
-    # next cells of this scan), the predecessors' c, and the messages from
-    # this scan's previous cells (the forward successors). All reads come
-    # before any slot is written (cells of a group share slots).
+    # next cells of this scan) and the predecessors' c.
     for m in range(m_cnt):
         i = i0 + m
         ax, ix, jx, j = _cell_coords(p, b, z, t, a, i, split, shift)
         row = rows[m]
         _copy(x[b, ax, ix, jx], row[:n_in])
-        dh_m, dc_m = dh[m], dc[m]
-        # dh, dc: the given gradients plus the messages, summed in k order;
-        # the first sum replaces the copy (fewer short loops).
-        grad_h = p.grad_h[b, ax, ix, jx, ch:ch + n]  # in place: one direction, ch = 0
-        if p.grad_c.size == 0:
-            grad_c = p.zero[z, :n]
-        else:
-            grad_c = p.grad_c[b, ax, ix, jx, ch:ch + n]
-        summed = False
         for k in range(d):
             q = first_real + k
             h_dst = row[n_in + k * n:n_in + (k + 1) * n]
@@ -890,21 +888,6 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
             else:
                 h_dst[:] = 0
                 c_prev[m, k, :] = 0
-            # The message from this scan's previous cell along q, which sent
-            # its part k (we are its forward predecessor along q).
-            present, qa, qi, qj = _step_back(q, a, i, j)
-            if present:
-                u, v = _roll_pos(ring, t - 1, qa, qi, qj, s1_all)
-                msg_h = roll_h[slot, u, v, k * n:(k + 1) * n]
-                msg_c = roll_c[slot, u, v, k * n:(k + 1) * n]
-                if summed:
-                    _add2(msg_h, msg_c, dh_m, dc_m)
-                else:
-                    _sum(grad_h, msg_h, dh_m)
-                    _sum(grad_c, msg_c, dc_m)
-                    summed = True
-        if not summed:
-            _copy2(grad_h, grad_c, dh_m, dc_m)
     if p.pre.size == 0:
         _preactivation(rows, p.w, p.bias, z, acc, m_cnt)
     for m in range(m_cnt):
@@ -936,11 +919,20 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
         else:
             h_cell = p.h[b, ax, ix, jx, ch:ch + n]
             c_cell = p.c[b, ax, ix, jx, ch:ch + n]
-        # The c messages go straight to this cell's slot: the group's gathers,
-        # the slots' only readers, are done.
+        grad_h = p.grad_h[b, ax, ix, jx, ch:ch + n]  # in place: one direction, ch = 0
+        if p.grad_c.size == 0:
+            grad_c = p.zero[z, :n]
+        else:
+            grad_c = p.grad_c[b, ax, ix, jx, ch:ch + n]
+        # The messages from this scan's previous cells are read as the cell
+        # gradient sums them, and its c messages go straight to its own slot:
+        # no cell of a group reads a slot a cell before it wrote (a later
+        # cell's column is smaller, in 2-D also across the strips a group
+        # spans, see _scan_pair).
         u, v = _roll_pos(ring, t, a, i, j, s1_all)
-        if _cell_grad(act, c_prev[m], h_cell, c_cell, dh[m], dc[m], d, n, p.variant,
-                      p.tol, da[m], roll_c[slot, u, v]):
+        at = _message_offsets(ring, t, a, i, j, d, n, s1_all, roll_c.shape[2], roll_c.shape[3])
+        if _cell_grad(act, c_prev[m], h_cell, c_cell, grad_h, grad_c, roll_h[slot],
+                      roll_c[slot], at, d, n, p.variant, p.tol, da[m], roll_c[slot, u, v]):
             p.mismatch[bz] = 1
     # da @ W.T: the same micro-kernel, W.T as the weights and zero bias; wt's
     # columns are W's rows with the d*N recurrent ones first (whole vectors
@@ -975,13 +967,16 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
 
 
 @njit(**_INLINE)
-def _cell_grad(act, c_prev, h, c, dh, dc, d, n, variant, tol, da, msg_c):
+def _cell_grad(act, c_prev, h, c, grad_h, grad_c, msgs_h, msgs_c, at, d, n, variant, tol, da,
+               msg_c):
     """da ((3+d)N,) of one cell from its gates' activations act (see
     _activate), the predecessors' cells c_prev (d, N), its stored h, c and
-    total gradients dh, dc. On return dc is the gradient of c itself and
-    msg_c[kN:(k+1)N] the c message to predecessor k (dc * f_k). Recomputes c
-    and h on the way and returns whether they differ from the stored ones by
-    more than tol * (1 + |value|): h, c not from a matching forward.
+    total gradients dh, dc: the given grad_h, grad_c plus, in k order, the
+    messages msgs_h.flat[at[k]:at[k] + N] and likewise of msgs_c (none where
+    at[k] < 0; see _message_offsets). Writes msg_c[kN:(k+1)N], the c message
+    to predecessor k (dc * f_k). Recomputes c and h on the way and returns
+    whether they differ from the stored ones by more than tol * (1 + |value|):
+    h, c not from a matching forward.
 
     One vector of units at a time, all steps on it in registers (the last
     vector's lanes past N are zeros, neither read nor written): the
@@ -1015,7 +1010,11 @@ def _cell_grad(act, c_prev, h, c, dh, dc, d, n, variant, tol, da, msg_c):
                 before = vload_part(c_prev, k * n + r, count)
                 cell = cell + vload_part(act, (3 + k) * n + r, count) * before * scale
         cr, h_stored = vload_part(c, r, count), vload_part(h, r, count)
-        dh_r, dc_r = vload_part(dh, r, count), vload_part(dc, r, count)
+        dh_r, dc_r = vload_part(grad_h, r, count), vload_part(grad_c, r, count)
+        for k in range(d):
+            if at[k] >= 0:
+                dh_r = dh_r + vload_part(msgs_h, at[k] + r, count)
+                dc_r = dc_r + vload_part(msgs_c, at[k] + r, count)
         cell = vwhere_gt(cell, big, big, vwhere_gt(vneg(big), cell, vneg(big), cell))
         bad_c = vany_gt(vabs(cell - cr), limit * (one + vabs(cr)))
         if variant == SLSTM:
@@ -1030,7 +1029,6 @@ def _cell_grad(act, c_prev, h, c, dh, dc, d, n, variant, tol, da, msg_c):
             da_o = dh_r * tc * o * (one - o)
         bad_h = vany_gt(vabs(hr - h_stored), limit * (one + vabs(h_stored)))
         dc_r = vwhere_gt(big, vabs(cr), dc_r, zero)  # saturated: the clip's derivative is 0
-        vstore_part(dc, r, dc_r, count)
         vstore_part(da, r, dc_r * i * (one - g * g), count)
         vstore_part(da, n + r, da_o, count)
         vstore_part(da, 2 * n + r, dc_r * g * i * (one - i), count)
@@ -1111,7 +1109,7 @@ def _accumulate_outer(rows, da, m_cnt, dw, db):
 def _flush_outer(p, sc, bz, fill):
     """Adds the deferred weight gradients of the last `fill` cells of pair bz
     (see _backward_group)."""
-    rows_all, _, _, da_all, _, _, _ = sc
+    rows_all, _, _, da_all, _ = sc
     _accumulate_outer(rows_all, da_all, fill, p.dw[bz], p.db[bz])
 
 
@@ -1230,10 +1228,10 @@ def _deferred_cells(group):
 @njit(**_OPTS)
 def _backward_scratch_parts(p, group):
     n_rows, n_gates, d, n = p.w.shape[1], p.w.shape[2], p.d, p.n
-    # acc, rows, c_prev, da, drows, dh, dc; rows and da hold the deferred cells
+    # acc, rows, c_prev, da, drows; rows and da hold the deferred cells
     cells = _deferred_cells(group)
     return (group * n_gates, cells * n_rows, group * d * n, cells * n_gates,
-            group * p.wt.shape[2], group * n, group * n)
+            group * p.wt.shape[2], 0, 0)
 
 
 _scratch_parts = _by_problem("_scratch_parts", _forward_scratch_parts,
@@ -1278,12 +1276,11 @@ def _forward_carve(p, buf, group):
 @njit(**_OPTS)
 def _backward_carve(p, buf, group):
     n_rows, n_gates, d, n = p.w.shape[1], p.w.shape[2], p.d, p.n
-    acc, rows, c_prev, da, drows, dh, dc = _carve_flat(p, buf, group)
+    acc, rows, c_prev, da, drows, _, _ = _carve_flat(p, buf, group)
     cells = _deferred_cells(group)
     return (rows.reshape((cells, n_rows)), c_prev.reshape((group, d, n)),
             acc.reshape((group, n_gates)), da.reshape((cells, n_gates)),
-            drows.reshape((group, p.wt.shape[2])), dh.reshape((group, n)),
-            dc.reshape((group, n)))
+            drows.reshape((group, p.wt.shape[2])))
 
 
 _carve = _by_problem("_carve", _forward_carve, _backward_carve)
