@@ -62,6 +62,7 @@ from ._lowlevel import (
     vstore,
     vstore_part,
     vstore_stream,
+    vsum,
     vwhere_gt,
 )
 
@@ -542,6 +543,18 @@ def _tile_1x1(rows, m, w, bias, z, g, acc, init_stride):
     vstore(acc, m * n_gates + g, c0)
 
 
+@njit(**_ACT_INLINE)
+def _dot(a, b):
+    """a @ b of two 1-D C-contiguous arrays: a vector of partial sums, then its
+    lanes added in order (a fixed order, whatever the caller)."""
+    lanes = VEC_BYTES // a.itemsize
+    total = vsplat(as_float_like(0.0, a[0]))
+    for r in range(0, a.size, lanes):
+        count = min(lanes, a.size - r)
+        total = vfma(vload_part(a, r, count), vload_part(b, r, count), total)
+    return vsum(total)
+
+
 @njit(**_INLINE)
 def _activate(gates, n):
     """The gates' activations in place: tanh on the candidate block (the first
@@ -936,12 +949,20 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
             p.mismatch[bz] = 1
     # da @ W.T: the same micro-kernel, W.T as the weights and zero bias; wt's
     # columns are W's rows with the d*N recurrent ones first (whole vectors
-    # for the GEMM's tiles; the C input channels make the ragged tail).
+    # for the GEMM's tiles; the C input channels make the ragged tail), or
+    # those alone when the inputs would part-fill a vector of their own:
+    # then dx is a dot product per channel (run_backward).
     _preactivation(da, p.wt, p.zero, z, drows, m_cnt)
+    inputs_by_dot = p.wt.shape[2] < d * n + n_in
     for m in range(m_cnt):
         i = i0 + m
         ax, ix, jx, j = _cell_coords(p, b, z, t, a, i, split, shift)
-        _add(drows[m, d * n:], p.dx[b, ax, ix, jx])
+        dx_cell = p.dx[b, ax, ix, jx]
+        if inputs_by_dot:
+            for k in range(n_in):
+                dx_cell[k] += _dot(da[m], p.w[z, k])
+        else:
+            _add(drows[m, d * n:], dx_cell)
         u, v = _roll_pos(ring, t, a, i, j, s1_all)
         msg_h, msg_c = roll_h[slot, u, v], roll_c[slot, u, v]
         _copy(drows[m, :d * n], msg_h)  # the c messages are there (_cell_grad)
@@ -1575,9 +1596,17 @@ def run_backward(driver, x, w, bias, d, variant, sizes, signs, inplace, h_state,
     n_in = x.shape[4]
     # W.T, recurrent rows first, zero-padded to whole vectors (a ragged tail of
     # input channels would run at a fraction of the speed) and 64-byte aligned.
+    # Fewer input channels than a vector holds, needing a vector of their own
+    # (digits: 1 of 8 lanes): left out, _backward_group gives their dx as dot
+    # products.
     lanes = VEC_BYTES // dtype.itemsize
-    wt = _aligned_zeros((z_count, n_gates, -(-n_rows // lanes) * lanes), dtype)
-    wt[:, :, :n_rows] = np.concatenate((w[:, n_in:], w[:, :n_in]), 1).transpose(0, 2, 1)
+    cols = -(-n_rows // lanes) * lanes
+    if n_in < lanes and cols - lanes >= n_rows - n_in:
+        cols -= lanes
+    wt = _aligned_zeros((z_count, n_gates, cols), dtype)
+    kept = min(cols, n_rows)
+    wt[:, :, :kept] = np.concatenate((w[:, n_in:], w[:, :n_in]), 1).transpose(0, 2, 1)[
+        :, :, :kept]
     tol = dtype.type(1e-3 if dtype == np.float32 else 1e-7)
     prob = Backward(x, w, wt, np.zeros((z_count, wt.shape[2]), dtype), bias, d, n, variant, sizes,
                     np.ascontiguousarray(-signs), inplace, h_state, c_state, h, c,

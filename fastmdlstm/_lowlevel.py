@@ -278,6 +278,25 @@ def vany_gt(typingctx, a, b):
 
 
 @intrinsic
+def vsum(typingctx, a):
+    """The sum of a's lanes, added in lane order (a fixed order: the same
+    bits on every call; llvm.vector.reduce.fadd without reassociation)."""
+    if not isinstance(a, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vty = args[0].type
+        elt = vty.element
+        suffix = "f32" if isinstance(elt, ir.FloatType) else "f64"
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(elt, [elt, vty]),
+            f"llvm.vector.reduce.fadd.v{vty.count}{suffix}")
+        return builder.call(fn, [ir.Constant(elt, -0.0), args[0]])  # -0.0: x + -0.0 == x
+
+    return a.dtype(a), codegen
+
+
+@intrinsic
 def vbits_add_shl(typingctx, a, bias, shift):
     """Each lane's bits read as a signed integer of the lane's width, bias
     added, shifted left by `shift`, read back as a float: exp's 2**k from k
@@ -474,6 +493,12 @@ if numba.config.DISABLE_JIT:  # plain-Python stand-ins (see the module docstring
 
     def vany_gt(a, b):  # noqa: F811
         return bool(np.any(a > b))
+
+    def vsum(a):  # noqa: F811
+        total = a.dtype.type(-0.0)
+        for lane in a:
+            total = total + lane
+        return total
 
     def vbits_add_shl(a, bias, shift):  # noqa: F811
         ints = np.int32 if a.dtype == np.float32 else np.int64
