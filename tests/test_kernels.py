@@ -292,32 +292,31 @@ def test_cell_grad_on_part_vectors(dtype, variant):
         grad_h, grad_c = rng.uniform(-1, 1, n), rng.uniform(-1, 1, n)
         msgs_h, msgs_c = rng.uniform(-1, 1, (d, n)), rng.uniform(-1, 1, (d, n))
         arrays = [a.astype(dtype) for a in (act, c_prev, h, c, grad_h, grad_c, msgs_h, msgs_c)]
-        for absent in (-1, d - 1):
+        rtol = 2e-5 if dtype == np.float32 else 1e-12
+        for absent in (-1, d - 1):  # every message received; the last one absent
             whole = _cell_grad_units(arrays, d, code, tol, list(range(n)), absent)
             assert not whole[0]
             for start, stop in ((0, 1), (3, 8), (5, 21), (20, 21)):
                 part = _cell_grad_units(arrays, d, code, tol, list(range(start, stop)), absent)
                 for got, want in zip(part[1:], whole[1:]):
                     np.testing.assert_array_equal(got, want[..., start:stop])
-        # the naive formulas (float64), the last part absent: dc through h,
-        # then the gates
-        received = np.arange(d) != d - 1
-        dh = grad_h + msgs_h[received].sum(0)
-        dc = grad_c + msgs_c[received].sum(0)
-        a = act
-        if variant == "slstm":
-            dc_total = dc + dh * (1 - h * h) * a[1]
-            da_o = dh * (1 - h * h) * c * a[1] * (1 - a[1])
-        else:
-            t = np.tanh(c)
-            dc_total = dc + dh * a[1] * (1 - t * t)
-            da_o = dh * t * a[1] * (1 - a[1])
-        d_forget, messages = naive_cell_grads(variant, list(a[3:]), list(c_prev), dc_total)
-        want = np.vstack([dc_total * a[2] * (1 - a[0] ** 2), da_o,
-                          dc_total * a[0] * a[2] * (1 - a[2])] + d_forget)
-        rtol = 2e-5 if dtype == np.float32 else 1e-12
-        np.testing.assert_allclose(whole[1], want, rtol=rtol, atol=rtol)
-        np.testing.assert_allclose(whole[2], np.array(messages), rtol=rtol, atol=rtol)
+            # the naive formulas (float64): dc through h, then the gates
+            received = np.arange(d) != absent
+            dh = grad_h + msgs_h[received].sum(0)
+            dc = grad_c + msgs_c[received].sum(0)
+            a = act
+            if variant == "slstm":
+                dc_total = dc + dh * (1 - h * h) * a[1]
+                da_o = dh * (1 - h * h) * c * a[1] * (1 - a[1])
+            else:
+                t = np.tanh(c)
+                dc_total = dc + dh * a[1] * (1 - t * t)
+                da_o = dh * t * a[1] * (1 - a[1])
+            d_forget, messages = naive_cell_grads(variant, list(a[3:]), list(c_prev), dc_total)
+            want = np.vstack([dc_total * a[2] * (1 - a[0] ** 2), da_o,
+                              dc_total * a[0] * a[2] * (1 - a[2])] + d_forget)
+            np.testing.assert_allclose(whole[1], want, rtol=rtol, atol=rtol)
+            np.testing.assert_allclose(whole[2], np.array(messages), rtol=rtol, atol=rtol)
         # a changed c (h, c not from a matching forward) is told
         arrays[3][n - 1] += 1
         assert _cell_grad_units(arrays, d, code, tol, list(range(n)), -1)[0]
