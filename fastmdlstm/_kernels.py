@@ -1604,9 +1604,9 @@ def run_backward(driver, x, w, bias, d, variant, sizes, signs, inplace, h_state,
     if n_in < lanes and cols - lanes >= n_rows - n_in:
         cols -= lanes
     wt = _aligned_zeros((z_count, n_gates, cols), dtype)
-    kept = min(cols, n_rows)
-    wt[:, :, :kept] = np.concatenate((w[:, n_in:], w[:, :n_in]), 1).transpose(0, 2, 1)[
-        :, :, :kept]
+    kept_in = min(cols, n_rows) - (n_rows - n_in)  # input rows in wt: n_in or 0
+    wt[:, :, :n_rows - n_in + kept_in] = np.concatenate(
+        (w[:, n_in:], w[:, :kept_in]), 1).transpose(0, 2, 1)
     tol = dtype.type(1e-3 if dtype == np.float32 else 1e-7)
     prob = Backward(x, w, wt, np.zeros((z_count, wt.shape[2]), dtype), bias, d, n, variant, sizes,
                     np.ascontiguousarray(-signs), inplace, h_state, c_state, h, c,
