@@ -1606,7 +1606,7 @@ def run_backward(driver, x, w, bias, d, variant, sizes, signs, inplace, h_state,
     if n_in < lanes and cols - lanes >= n_rows - n_in:
         cols -= lanes
     wt = _aligned_zeros((z_count, n_gates, cols), dtype)
-    kept_in = min(cols, n_rows) - (n_rows - n_in)  # input rows in wt: n_in or 0
+    kept_in = n_in if cols >= n_rows else 0  # input rows in wt, after the recurrent ones
     wt[:, :, :n_rows - n_in + kept_in] = np.concatenate(
         (w[:, n_in:], w[:, :kept_in]), 1).transpose(0, 2, 1)
     tol = dtype.type(1e-3 if dtype == np.float32 else 1e-7)

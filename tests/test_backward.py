@@ -146,12 +146,13 @@ def test_numba_matches_python(dtype, tol, variant, name):
 @needs_numba
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-4)])
 @pytest.mark.parametrize("name,channels,hidden", [("2d-4", 1, 4), ("2d-4", 1, 3),
-                                                  ("3d-4", 2, 8)])
+                                                  ("3d-4", 2, 8), ("2d-4", 7, 5)])
 def test_numba_matches_python_few_inputs(dtype, tol, name, channels, hidden):
-    """Fewer input channels than a vector holds: where the recurrent rows fill
-    whole vectors (2d N=4, 3d N=8) the numba backward gives dx as dot
-    products, where the inputs fit the recurrent rows' padding (2d N=3) as
-    part of the da @ W.T product; both agree with python."""
+    """Fewer input channels than a vector holds: where the inputs would need
+    a vector of their own (2d N=4, 3d N=8; float32 2d N=5, C=7, whose
+    recurrent rows end part-way into a vector) the numba backward gives dx as
+    dot products, where they fit the recurrent rows' padding (2d N=3) as part
+    of the da @ W.T product; both agree with python."""
     spatial, directions, sizes = CONFIGS[name]
     x, w, b = make_problem(2, spatial, channels, hidden, directions=count(directions),
                            dtype=dtype, seed=3, scale=1.5)
