@@ -166,6 +166,18 @@ def test_gemm_tiles_agree_bitwise_whatever_the_cell_count(dtype):
         assert np.isnan(acc[m_cnt:]).all()  # nothing written past the cells asked for
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lane_and_line_counts_compile_to_the_dtype_constants(dtype):
+    """lanes_of and line_of replace VEC_BYTES // itemsize (a run-time division in
+    compiled code) with constants: the same values as in Python, on views too."""
+    lanes_and_line = numba.njit(lambda a: (_kernels.lanes_of(a), _kernels.line_of(a)))
+    a = np.zeros((3, 5), dtype)
+    want = (_kernels.VEC_BYTES // a.itemsize, 64 // a.itemsize)
+    assert lanes_and_line(a) == want
+    assert lanes_and_line(a[1, 1:]) == want
+    assert (_kernels.lanes_of(a), _kernels.line_of(a)) == want
+
+
 def _offset_empty(shape, dtype, offset):
     """An empty array whose data start `offset` elements past a 64-byte boundary."""
     size = int(np.prod(shape))
