@@ -76,6 +76,9 @@ _OPTS = {"cache": True, "nogil": True, "error_model": "numpy"}
 _INLINE = dict(_OPTS, inline="always")
 
 VARIANTS = VARIANT_CODES  # name -> the code the kernels take
+# What the backward found, bits of its per-(sample, direction) flags: h, c (or
+# the kept gates) not from a matching forward; a NaN or inf in grad_h, grad_c.
+MISMATCH, BAD_GRAD_H, BAD_GRAD_C = 1, 2, 4
 DEFAULT_GROUP = GROUP
 # Cells whose weight gradients the backward adds to dw in one pass: dw's tiles
 # stay in registers over that many cells (8 per pass ran at half the speed).
@@ -949,6 +952,18 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
                 c_prev[m, k, :] = 0
     if p.pre.size == 0:
         _preactivation(rows, p.w, p.bias, z, acc, m_cnt)
+    elif a == s0 - 1 and i0 + m_cnt >= s1:
+        # Given gates, nothing here multiplies x by W, so a changed x, W or
+        # bias (an optimiser step in place, a reused x buffer) would go
+        # unnoticed: recompute the gates of the forward's first cell (the
+        # last of this scan), whose row is x and zeros, and compare them.
+        for m in range(m_cnt):
+            ax, ix, jx, j = _cell_coords(p, b, z, t, a, i0 + m, split, shift)
+            if i0 + m == s1 - 1 and j == s2 - 1:
+                _preactivation(rows[m:m + 1], p.w, p.bias, z, acc, 1)
+                _activate(acc[0], n)
+                if _differs(acc[0], p.pre[b, ax, ix, jx, z * n_gates:(z + 1) * n_gates], p.tol):
+                    p.mismatch[bz] |= MISMATCH
     for m in range(m_cnt):
         i = i0 + m
         ax, ix, jx, j = _cell_coords(p, b, z, t, a, i, split, shift)
@@ -990,9 +1005,10 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
         # spans, see _scan_pair).
         u, v = _roll_pos(ring, t, a, i, j, s1_all)
         at = _message_offsets(ring, t, a, i, j, d, n, s1_all, roll_c.shape[2], roll_c.shape[3])
-        if _cell_grad(act, c_prev[m], h_cell, c_cell, grad_h, grad_c, roll_h[slot],
-                      roll_c[slot], at, d, n, p.variant, p.tol, da[m], roll_c[slot, u, v]):
-            p.mismatch[bz] = 1
+        flags = _cell_grad(act, c_prev[m], h_cell, c_cell, grad_h, grad_c, roll_h[slot],
+                           roll_c[slot], at, d, n, p.variant, p.tol, da[m], roll_c[slot, u, v])
+        if flags:
+            p.mismatch[bz] |= flags
     # da @ W.T: the same micro-kernel, W.T as the weights and zero bias; wt's
     # columns are W's rows with the d*N recurrent ones first (whole vectors
     # for the GEMM's tiles; the C input channels make the ragged tail), or
@@ -1034,6 +1050,16 @@ def _backward_group(p, sc, roll_h, roll_c, slot, ring, b, z, t, a, i0, m_cnt, sp
 
 
 @njit(**_INLINE)
+def _differs(values, kept, tol):
+    """Whether some value differs from the kept one by more than
+    tol * (1 + |kept|), or is NaN where that is not."""
+    for k in range(values.shape[0]):
+        if not abs(values[k] - kept[k]) <= tol * (1 + abs(kept[k])):
+            return True
+    return False
+
+
+@njit(**_INLINE)
 def _cell_grad(act, c_prev, h, c, grad_h, grad_c, msgs_h, msgs_c, at, d, n, variant, tol, da,
                msg_c):
     """da ((3+d)N,) of one cell from its gates' activations act (see
@@ -1042,8 +1068,11 @@ def _cell_grad(act, c_prev, h, c, grad_h, grad_c, msgs_h, msgs_c, at, d, n, vari
     messages msgs_h.flat[at[k]:at[k] + N] and likewise of msgs_c (none where
     at[k] < 0; see _message_offsets). Writes msg_c[kN:(k+1)N], the c message
     to predecessor k (dc * f_k). Recomputes c and h on the way and returns
-    whether they differ from the stored ones by more than tol * (1 + |value|):
-    h, c not from a matching forward.
+    flags: MISMATCH where they differ from the stored ones by more than
+    tol * (1 + |value|) (h, c not from a matching forward), BAD_GRAD_H,
+    BAD_GRAD_C where the given grad_h, grad_c hold a NaN or inf (checked here,
+    where they are read anyway: a separate pass over them cost ~3 % of the
+    backward).
 
     One vector of units at a time, all steps on it in registers (the last
     vector's lanes past N are zeros, neither read nor written): the
@@ -1058,6 +1087,9 @@ def _cell_grad(act, c_prev, h, c, grad_h, grad_c, msgs_h, msgs_c, at, d, n, vari
     limit = vsplat(as_float_like(tol, c[0]))
     scale = vsplat(as_float_like(1.0 / d if variant == HALVED else 1.0, c[0]))
     bad = False
+    # 0 * the given gradients, summed: NaN in a lane iff one was NaN or inf
+    # (one fma a vector; the compares wait for the end).
+    nan_h = nan_c = zero
     for r in range(0, n, lanes):
         count = min(lanes, n - r)
         g = vload_part(act, r, count)
@@ -1078,6 +1110,7 @@ def _cell_grad(act, c_prev, h, c, grad_h, grad_c, msgs_h, msgs_c, at, d, n, vari
                 cell = cell + vload_part(act, (3 + k) * n + r, count) * before * scale
         cr, h_stored = vload_part(c, r, count), vload_part(h, r, count)
         dh_r, dc_r = vload_part(grad_h, r, count), vload_part(grad_c, r, count)
+        nan_h, nan_c = vfma(dh_r, zero, nan_h), vfma(dc_r, zero, nan_c)
         for k in range(d):
             if at[k] >= 0:
                 dh_r = dh_r + vload_part(msgs_h, at[k] + r, count)
@@ -1113,7 +1146,11 @@ def _cell_grad(act, c_prev, h, c, grad_h, grad_c, msgs_h, msgs_c, at, d, n, vari
                             count)
                 vstore_part(msg_c, k * n + r, dc_r * scale * forget, count)
         bad = bad | bad_c | bad_h
-    return bad
+    # A NaN lane fails one + x > 0 (false for NaN): 1 there, 0 elsewhere.
+    bad_grad_h = vany_gt(vwhere_gt(one + nan_h, zero, zero, one), zero)
+    bad_grad_c = vany_gt(vwhere_gt(one + nan_c, zero, zero, one), zero)
+    return ((MISMATCH if bad else 0) | (BAD_GRAD_H if bad_grad_h else 0)
+            | (BAD_GRAD_C if bad_grad_c else 0))
 
 
 @njit(**_ACT)
@@ -1186,6 +1223,7 @@ def _forward_flush(p, sc, bz, fill):
 
 
 _finish_pair = _by_problem("_finish_pair", _forward_flush, _flush_outer)
+
 
 
 # --- geometry of scans -------------------------------------------------------------
@@ -1624,9 +1662,10 @@ def run_backward(driver, x, w, bias, d, variant, sizes, signs, inplace, h_state,
 
     Arrays in the canonical layout (see Backward); signs are the forward's;
     pre: the forward's gate activations (pre_out), or None to recompute them.
-    Returns (dx, dw (Z, R, G), db (Z, G), dh_state, dc_state, mismatch): the
+    Returns (dx, dw (Z, R, G), db (Z, G), dh_state, dc_state, flags): the
     per-(sample, direction) weight sums are added up sample by sample in
-    order, so the result does not depend on the thread count.
+    order, so the result does not depend on the thread count; flags: the
+    bits MISMATCH, BAD_GRAD_H, BAD_GRAD_C that some cell raised.
     """
     if driver not in BACKWARD_DRIVERS:
         driver = "batch" if driver == "wavefront" else driver
@@ -1661,14 +1700,11 @@ def run_backward(driver, x, w, bias, d, variant, sizes, signs, inplace, h_state,
                     empty if pre is None else pre, grad_h, grad_c, dx, dw, db, dh_state,
                     dc_state, tol, mismatch)
     DRIVERS[driver](prob, group, threads)
-    dw_sum = dw.reshape(x.shape[0], z_count, n_rows, n_gates)
-    db_sum = db.reshape(x.shape[0], z_count, n_gates)
-    grad_w = np.zeros((z_count, n_rows, n_gates), dtype)
-    grad_b = np.zeros((z_count, n_gates), dtype)
-    for b in range(x.shape[0]):  # a fixed order
-        grad_w += dw_sum[b]
-        grad_b += db_sum[b]
-    return dx, grad_w, grad_b, dh_state, dc_state, bool(mismatch.any())
+    # Over the samples, first to last: a reduction along the outer axis adds
+    # the rows one after another (pairwise summation is for the inner axis).
+    grad_w = np.add.reduce(dw.reshape(x.shape[0], z_count, n_rows, n_gates), axis=0)
+    grad_b = np.add.reduce(db.reshape(x.shape[0], z_count, n_gates), axis=0)
+    return dx, grad_w, grad_b, dh_state, dc_state, int(np.bitwise_or.reduce(mismatch))
 
 
 def _aligned_zeros(shape, dtype):

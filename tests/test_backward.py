@@ -327,6 +327,13 @@ def _bump_c(a):
     a["c"][1, 1, 1, 2] += 0.01
 
 
+def _both(*changes):
+    def change(a):
+        for one in changes:
+            one(a)
+    return change
+
+
 BAD = {  # name: (change, exception, words in the message)
     "grad_h shape": (_set("gh", lambda a: a["gh"][..., :-1]), ValueError, "grad_h"),
     "grad_h dtype": (_set("gh", lambda a: a["gh"].astype(np.float32)), TypeError, "grad_h"),
@@ -339,6 +346,13 @@ BAD = {  # name: (change, exception, words in the message)
     "c perturbed": (_bump_c, ValueError, "h/c do not come from forward"),
     "grad_h nan": (_nan_at("gh"), ValueError, "grad_h contains NaN or inf"),
     "grad_c inf": (_set("gc", lambda a: a["gc"] * np.inf), ValueError, "grad_c contains NaN"),
+    # Several faults: the same one is named whichever backend (the numba kernel finds
+    # them all in one pass).
+    "grad_h nan, other h": (_both(_other_weights, _nan_at("gh")), ValueError,
+                            "grad_h contains NaN or inf"),
+    "grad_c nan, other h": (_both(_other_weights, _nan_at("gc")), ValueError,
+                            "grad_c contains NaN or inf"),
+    "both nan": (_both(_nan_at("gc"), _nan_at("gh")), ValueError, "grad_h contains NaN"),
     "variant": (_set("variant", "lstm"), ValueError, "variant"),
     "other variant": (_set("variant", "graves"), ValueError, "h/c do not come from forward"),
 }
