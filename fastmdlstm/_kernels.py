@@ -215,19 +215,23 @@ def _vtanh_constants_overload(x):
     return lambda x: table
 
 
-@njit(**_ACT)
+@njit(**_INLINE)
 def _vtanh(x):
+    """The multiply-adds are explicit fmas, the ones LLVM formed under "contract"
+    (same results), so that the function can be inlined into the cell gradient,
+    which is compiled without that flag: called, it made the caller save and
+    reload every live vector around each call."""
     clamp, log2e, shift, ln2_hi, ln2_lo, poly, bias, mantissa = _vtanh_constants(x)
     limit = vsplat(clamp)
     u = vabs(x)
     u = vwhere_gt(u, limit, limit, u)
     y = vneg(u + u)
-    t = y * vsplat(log2e) + vsplat(shift)  # k = round(y / ln2) in t's low bits
+    t = vfma(y, vsplat(log2e), vsplat(shift))  # k = round(y / ln2) in t's low bits
     k = t - vsplat(shift)
-    r = (y - k * vsplat(ln2_hi)) - k * vsplat(ln2_lo)
+    r = vfma(vneg(k), vsplat(ln2_lo), vfma(vneg(k), vsplat(ln2_hi), y))
     p = vsplat(poly[len(poly) - 1])
     for j in range(len(poly) - 2, -1, -1):
-        p = p * r + vsplat(poly[j])
+        p = vfma(p, r, vsplat(poly[j]))
     e = p * vbits_add_shl(t, bias, mantissa)
     one = vsplat(poly[0])  # both polynomials start at 1
     th = (one - e) / (one + e)
