@@ -290,7 +290,12 @@ class MDLSTM:
         h, c, gates = forward(x, self.weights, self.bias, variant=self.variant,
                               directions=self.directions, sizes=sizes, backend=backend,
                               return_gates=True)
-        self._tape = (x, sizes, h, c, gates, backend, self.weights.copy(), self.bias.copy())
+        # sizes copied like the parameters: a caller refilling its array before
+        # backward would otherwise change the gradients silently (x and h are
+        # checked by the backward, sizes cannot be).
+        kept_sizes = None if sizes is None else np.array(sizes, copy=True)
+        self._tape = (x, kept_sizes, h, c, gates, backend, self.weights.copy(),
+                      self.bias.copy())
         return h
 
     def backward(self, grad_h: FloatArray, *, grad_c: FloatArray | None = None) -> FloatArray:

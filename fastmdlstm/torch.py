@@ -41,7 +41,6 @@ if not hasattr(torch, "library") or not hasattr(torch.library, "custom_op"):  # 
                       f"found {torch.__version__}")
 
 from . import _api, _backward
-from ._api import VARIANTS
 
 __all__ = ["mdlstm", "MDLSTM2d", "MDLSTM3d", "MDLSTMNd"]
 
@@ -271,11 +270,11 @@ def mdlstm(x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor, *,
     _check_tensor(x, "x")
     _check_tensor(weights, "weights", x.dtype)
     _check_tensor(bias, "bias", x.dtype)
-    _api._check_choice(variant, "variant", VARIANTS)
     d = x.dim() - 2
     if not 1 <= d <= 3:
         raise ValueError(f"x must have shape (B, *spatial, C) with 1 to 3 spatial axes, "
                          f"got {x.dim()} dimensions")
+    _api.check_variant(variant, d)
     if weights.dim() == 2:
         weights = weights.unsqueeze(0)
     if bias.dim() == 1 and weights.shape[0] == 1:
@@ -323,7 +322,7 @@ class MDLSTMNd(nn.Module):
         if d is None or (self.ndim is not None and d != self.ndim) or d not in (1, 2, 3):
             raise ValueError(f"ndim must be 1, 2 or 3 (fixed by {type(self).__name__}), "
                              f"got {ndim!r}")
-        _api._check_choice(variant, "variant", VARIANTS)
+        _api.check_variant(variant, d)
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         if directions is None:
@@ -331,7 +330,8 @@ class MDLSTMNd(nn.Module):
         signs = _api.parse_directions(directions, d)
         weights, bias = _api.init_params(
             input_size, hidden_size, directions=len(signs),
-            dtype=np.float32 if dtype == torch.float32 else np.float64, seed=seed, ndim=d)
+            dtype=np.float32 if dtype == torch.float32 else np.float64, seed=seed, ndim=d,
+            variant=variant)
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
         self.spatial_ndim = d
         self.directions = [tuple(int(s) for s in row) for row in signs]

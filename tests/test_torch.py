@@ -280,9 +280,24 @@ def test_module_3d_and_gradients():
     assert "channels_last=False" in repr(layer)
 
 
+@pytest.mark.parametrize("variant", ["slstm", "graves", "halved", "stable"])
+def test_module_starts_from_the_variants_parameters(variant):
+    """The module's initial parameters are init_params' for its variant (the
+    averaging cells start their forget gates elsewhere)."""
+    module = ft.MDLSTM2d(2, 3, variant=variant, dtype=torch.float64, seed=4)
+    weights, bias = fastmdlstm.init_params(2, 3, dtype=np.float64, seed=4, variant=variant)
+    np.testing.assert_array_equal(module.weight.detach().numpy(), weights)
+    np.testing.assert_array_equal(module.bias.detach().numpy(), bias)
+
+
 def test_module_refuses_bad_configuration():
     with pytest.raises(ValueError, match="variant"):
         ft.MDLSTM2d(2, 3, variant="x")
+    with pytest.raises(ValueError, match="'stable' is defined for 2-D"):
+        ft.MDLSTM3d(2, 3, variant="stable")
+    with pytest.raises(ValueError, match="'stable' is defined for 2-D"):
+        ft.mdlstm(torch.zeros(1, 2, 2, 2, 1), torch.zeros(1, 1 + 3 * 2, 6 * 2),
+                  torch.zeros(1, 6 * 2), variant="stable")
     with pytest.raises(TypeError, match="dtype"):
         ft.MDLSTM2d(2, 3, dtype=torch.float16)
     with pytest.raises(ValueError, match="directions"):

@@ -35,6 +35,22 @@ def test_layer_backward_is_fastmdlstm_backward(cls, spatial, directions):
     assert layer.parameters()[0] is layer.weights
 
 
+def test_layer_backward_keeps_its_own_sizes():
+    """A caller refilling its sizes array between forward and backward (a reused
+    buffer) changes nothing: the tape holds a copy."""
+    layer = fastmdlstm.MDLSTM2D(2, 3, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((2, 4, 5, 2))
+    sizes = np.array([[4, 5], [2, 3]])
+    h = layer.forward(x, sizes, train=True)
+    grad_h = np.ones_like(h)
+    want = fastmdlstm.backward(x, layer.weights, layer.bias, grad_h, h=h,
+                               c=fastmdlstm.forward(x, layer.weights, layer.bias, sizes=sizes,
+                                                    return_cell=True)[1], sizes=sizes)
+    sizes[:] = 1  # the next batch's sizes, written into the same buffer
+    for got, expected in zip((layer.backward(grad_h), *layer.gradients()), want):
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_layer_backward_needs_a_training_forward():
     layer = fastmdlstm.MDLSTM2D(2, 3, seed=0)
     x = np.zeros((1, 3, 3, 2), np.float32)
