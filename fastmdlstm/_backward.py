@@ -30,9 +30,9 @@ Directions = Union[None, str, Sequence[Union[str, Sequence[int]]]]
 
 
 def _check_array(value, name, shape, dtype):
-    """value must be a numpy array of exactly dtype (never cast) and shape."""
-    if not isinstance(value, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
+    """value must be a plain numpy array (numpy.memmap allowed, other subclasses
+    refused like forward's arguments) of exactly dtype (never cast) and shape."""
+    _api._plain_array(value, name)
     if value.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype} (that of x), got {value.dtype}")
     if value.shape != tuple(shape):
@@ -57,6 +57,19 @@ def _check_finite(value, name, sizes=None):
     raise _non_finite(name)
 
 
+def _read_only(a):
+    """a as the one type the backward kernels are compiled for, whatever the
+    caller's layout and flags: C-contiguous (a strided, Fortran-order or
+    broadcast array is copied once) and read-only (a view: the kernels only
+    read it). Each other layout or flag of any argument was a compile of its
+    own (~80 s)."""
+    a = np.ascontiguousarray(a)
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
 def _run_kernel(driver, x, w, b, d, variant, sizes, signs, inplace, h_state, c_state, h, c,
                 grad_h, grad_c, gates=None):
     """fastmdlstm._kernels.run_backward on canonical 5-D views, under forward's
@@ -64,16 +77,17 @@ def _run_kernel(driver, x, w, b, d, variant, sizes, signs, inplace, h_state, c_s
     in grad_h or grad_c (valid cells only), else h, c (or gates) not from a
     matching forward. gates: the forward's gate activations (run_backward's
     pre), or None to recompute them."""
-    empty = np.empty((0,) * 5, dtype=x.dtype)
-
     def canonical(a):
-        return empty if a is None else _api._canonical(a, d)
+        if a is None:
+            return _read_only(np.empty((0,) * 5, x.dtype))
+        return _api._canonical(_read_only(a), d)
 
     run = _api._kernels.run_backward
     if gates is not None:
         run = functools.partial(run, pre=canonical(gates))
     result = _api._launch(
-        driver, canonical(x), w, b, d, _api._kernels.VARIANTS[variant], sizes, signs, inplace,
+        driver, canonical(x), _read_only(w), _read_only(b), d,
+        _api._kernels.VARIANTS[variant], sizes, signs, inplace,
         canonical(h_state), canonical(c_state), canonical(h), canonical(c), canonical(grad_h),
         canonical(grad_c), _api._threads(), run=run)
     grad_x5, grad_w, grad_b, grad_h_state5, grad_c_state5, flags = result

@@ -1090,6 +1090,13 @@ def _cell_grad(act, c_prev, h, c, grad_h, grad_c, msgs_h, msgs_c, at, d, n, vari
     big = vsplat(saturate(as_float_like(np.inf, c[0])))  # the largest finite float
     limit = vsplat(as_float_like(tol, c[0]))
     scale = vsplat(as_float_like(1.0 / d if variant == HALVED else 1.0, c[0]))
+    # The logistic function is clamped at -40 (fast_sigmoid; at +40 it rounds to
+    # 1, so s(1 - s) is 0 there anyway): a gate at its floor is a constant, and
+    # its derivative is 0, not s(1 - s) ~ 4e-18, which an input of 1e30 would
+    # blow up. floor_edge: the next float above the floor, so that a NaN gate
+    # keeps its NaN.
+    floor = fast_sigmoid(as_float_like(-np.inf, c[0]))
+    floor_edge = vsplat(np.nextafter(floor, as_float_like(1.0, c[0])))
     bad = False
     # 0 * the given gradients, summed: NaN in a lane iff one was NaN or inf
     # (one fma a vector; the compares wait for the end).
@@ -1125,29 +1132,33 @@ def _cell_grad(act, c_prev, h, c, grad_h, grad_c, msgs_h, msgs_c, at, d, n, vari
             hr = _vtanh(cr * o)
             du = dh_r * (one - hr * hr)
             dc_r = dc_r + du * o
-            da_o = du * cr * o * (one - o)
+            da_o = vwhere_gt(floor_edge, o, zero, du * cr * o * (one - o))
         else:  # GRAVES, HALVED, STABLE
             tc = _vtanh(cr)
             hr = o * tc
             dc_r = dc_r + dh_r * o * (one - tc * tc)
-            da_o = dh_r * tc * o * (one - o)
+            da_o = vwhere_gt(floor_edge, o, zero, dh_r * tc * o * (one - o))
         bad_h = vany_gt(vabs(hr - h_stored), limit * (one + vabs(h_stored)))
         dc_r = vwhere_gt(big, vabs(cr), dc_r, zero)  # saturated: the clip's derivative is 0
         vstore_part(da, r, dc_r * i * (one - g * g), count)
         vstore_part(da, n + r, da_o, count)
-        vstore_part(da, 2 * n + r, dc_r * g * i * (one - i), count)
+        vstore_part(da, 2 * n + r,
+                    vwhere_gt(floor_edge, i, zero, dc_r * g * i * (one - i)), count)
         if variant == STABLE:
             d_mix = dc_r * forget  # gradient of lam*up + (1-lam)*left
-            vstore_part(da, 3 * n + r, dc_r * mixed * forget * (one - forget), count)
-            vstore_part(da, 4 * n + r, d_mix * (up - left) * mix * (one - mix), count)
+            vstore_part(da, 3 * n + r, vwhere_gt(
+                floor_edge, forget, zero, dc_r * mixed * forget * (one - forget)), count)
+            vstore_part(da, 4 * n + r, vwhere_gt(
+                floor_edge, mix, zero, d_mix * (up - left) * mix * (one - mix)), count)
             vstore_part(msg_c, r, d_mix * mix, count)
             vstore_part(msg_c, n + r, d_mix * (one - mix), count)
         else:
             for k in range(d):
                 forget = vload_part(act, (3 + k) * n + r, count)
                 before = vload_part(c_prev, k * n + r, count)
-                vstore_part(da, (3 + k) * n + r, dc_r * scale * before * forget * (one - forget),
-                            count)
+                vstore_part(da, (3 + k) * n + r, vwhere_gt(
+                    floor_edge, forget, zero, dc_r * scale * before * forget * (one - forget)),
+                    count)
                 vstore_part(msg_c, k * n + r, dc_r * scale * forget, count)
         bad = bad | bad_c | bad_h
     # A NaN lane fails one + x > 0 (false for NaN): 1 there, 0 elsewhere.
@@ -1680,6 +1691,8 @@ def run_backward(driver, x, w, bias, d, variant, sizes, signs, inplace, h_state,
     dw = np.zeros((pairs, n_rows, n_gates), dtype)
     db = np.zeros((pairs, n_gates), dtype)
     empty = np.empty((0,) * 5, dtype)
+    no_pre = empty.view()
+    no_pre.flags.writeable = False  # the type of given gates (read-only): one compile
     dh_state = np.zeros(h_state.shape, dtype) if inplace else empty
     dc_state = np.zeros(c_state.shape, dtype) if inplace else empty
     mismatch = np.zeros(pairs, np.int64)
@@ -1700,7 +1713,7 @@ def run_backward(driver, x, w, bias, d, variant, sizes, signs, inplace, h_state,
     tol = dtype.type(1e-3 if dtype == np.float32 else 1e-7)
     prob = Backward(x, w, wt, np.zeros((z_count, wt.shape[2]), dtype), bias, d, n, variant, sizes,
                     np.ascontiguousarray(-signs), inplace, h_state, c_state, h, c,
-                    empty if pre is None else pre, grad_h, grad_c, dx, dw, db, dh_state,
+                    no_pre if pre is None else pre, grad_h, grad_c, dx, dw, db, dh_state,
                     dc_state, tol, mismatch)
     DRIVERS[driver](prob, group, threads)
     # Over the samples, first to last: a reduction along the outer axis adds

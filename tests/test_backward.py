@@ -334,6 +334,10 @@ def _both(*changes):
     return change
 
 
+class _Sub(np.ndarray):
+    """A subclass with no special rules: refused all the same (like forward's)."""
+
+
 BAD = {  # name: (change, exception, words in the message)
     "grad_h shape": (_set("gh", lambda a: a["gh"][..., :-1]), ValueError, "grad_h"),
     "grad_h dtype": (_set("gh", lambda a: a["gh"].astype(np.float32)), TypeError, "grad_h"),
@@ -353,6 +357,10 @@ BAD = {  # name: (change, exception, words in the message)
     "grad_c nan, other h": (_both(_other_weights, _nan_at("gc")), ValueError,
                             "grad_c contains NaN or inf"),
     "both nan": (_both(_nan_at("gc"), _nan_at("gh")), ValueError, "grad_h contains NaN"),
+    "grad_h masked": (_set("gh", lambda a: np.ma.masked_invalid(a["gh"])), TypeError,
+                      "grad_h must be a plain numpy.ndarray"),
+    "c matrix subclass": (_set("c", lambda a: a["c"].view(_Sub)), TypeError,
+                          "c must be a plain numpy.ndarray"),
     "variant": (_set("variant", "lstm"), ValueError, "variant"),
     "other variant": (_set("variant", "graves"), ValueError, "h/c do not come from forward"),
 }
@@ -437,6 +445,31 @@ def test_saturated_cells_give_finite_gradients(backend, dtype, variant):
     assert not grads[4].any()  # no gradient flows back through a saturated cell
 
 
+@needs_numba
+@pytest.mark.parametrize("gates", [False, True])
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-4)])
+@pytest.mark.parametrize("variant", ["slstm", "graves", "halved", "stable"])
+def test_gates_at_their_floor_have_zero_derivative(variant, dtype, tol, gates):
+    """An input of 1e30 pushes every gate of its cell past the logistic function's
+    clamp (-40), where the numba forward's gate is a constant: its derivative is 0
+    (s(1 - s) ~ 4e-18 there, times 1e30 in grad_w, was 2e10 where the python
+    backend and finite differences give ~0.1)."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 3, 4, 2)).astype(dtype)
+    x[0, 1, 1, 0] = 1e30
+    w, b = fastmdlstm.init_params(2, 3, directions=4, dtype=dtype, seed=0, variant=variant)
+    with np.errstate(over="ignore", invalid="ignore"):
+        h, c, g = fastmdlstm.forward(x, w, b, variant=variant, directions=ALL_2D,
+                                     return_gates=True, backend="numba")
+        assert (g[0, 1, 1] < 1e-17).any()  # gates at their floor, sigma(-40) ~ 4e-18
+        grad_h = rng.standard_normal(h.shape).astype(dtype)
+        kw = dict(variant=variant, directions=ALL_2D, gates=g if gates else None)
+        want = fastmdlstm.backward(x, w, b, grad_h, h=h, c=c, backend="python", **kw)
+        got = fastmdlstm.backward(x, w, b, grad_h, h=h, c=c, backend="numba", **kw)
+    for a, ref in zip(got, want):
+        close(a, ref, tol)
+
+
 # --- layouts and threads ---------------------------------------------------------------
 
 
@@ -457,6 +490,48 @@ def test_strided_arguments(backend):
                               backend=backend, **kw)
     for g, ref in zip(got, want):
         np.testing.assert_array_equal(g, ref)
+
+
+@needs_numba
+def test_any_layout_runs_the_compiled_kernels():
+    """Read-only, Fortran-order, strided and broadcast arguments (a broadcast
+    grad_h is the gradient of a sum), with and without gates and grad_c, run
+    the kernels the plain call compiled: no compile of their own (~80 s each),
+    and the same gradients bitwise."""
+    from fastmdlstm import _kernels
+
+    x, w, b, h, c, gh, gc, kw = setup("2d-4", "graves", backend="numba")
+    g = fastmdlstm.forward(x, w, b, return_gates=True, backend="numba", **kw)[2]
+
+    def run(x, w, b, gh, h, c, gc, g):
+        return fastmdlstm.backward(x, w, b, gh, h=h, c=c, grad_c=gc, gates=g,
+                                   backend="numba", **kw)
+
+    plain = (x, w, b, gh, h, c, gc, g)
+    want = [run(*plain), run(*plain[:6], None, None)]  # compiles (or loads) what it needs
+
+    def compiled():
+        return sum(len(f.signatures) for f in set(_kernels.DRIVERS.values()))
+
+    def read_only(a):
+        a = a.copy()
+        a.flags.writeable = False
+        return a
+
+    def strided(a):
+        buf = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        buf[..., ::2] = a
+        return buf[..., ::2]
+
+    before = compiled()
+    for change in (read_only, np.asfortranarray, strided):
+        args = [change(a) for a in plain]
+        np.testing.assert_equal(run(*args), want[0])
+        np.testing.assert_equal(run(*args[:6], None, None), want[1])
+    ones = np.broadcast_to(np.ones((), gh.dtype), gh.shape)
+    np.testing.assert_equal(run(x, w, b, ones, h, c, None, g),
+                            run(x, w, b, np.ones_like(gh), h, c, None, g))
+    assert compiled() == before
 
 
 @needs_numba
