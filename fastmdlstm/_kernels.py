@@ -91,6 +91,9 @@ OUTER_CELLS = 64
 #     enough near 0 this way, and nothing overflows);
 #   sigma(x) = 1 / (1 + exp(-x)), x clamped to [-40, 40] in float32: no sign
 #     select, and exp(40) is finite (float64 keeps e / (1 + e) for x < 0).
+#     Below -40 it is 0, not sigma(-40) ~ 4e-18: the clamped function is a
+#     constant there, and the backward's derivative s(1 - s) must be 0 (4e-18
+#     times an input of 1e30 was 2e10 in grad_w); above 40 it rounds to 1.
 # exp by range reduction y = k ln2 + r, |r| <= ln2/2: k = round(y / ln2) is
 #   read from the low bits of y / ln2 + 1.5 * 2^23 (2^52 in float64), ln2 is
 #   split in two so that k * ln2_hi is exact, 2^k is built from its bits.
@@ -174,9 +177,10 @@ def _tanh32(x):
 
 @njit(**_ACT)
 def _sigmoid32(x):
-    x = _SIG_CLAMP32 if x > _SIG_CLAMP32 else x
-    x = -_SIG_CLAMP32 if x < -_SIG_CLAMP32 else x
-    return _ONE32 / (_ONE32 + _exp32(-x))
+    y = _SIG_CLAMP32 if x > _SIG_CLAMP32 else x
+    y = -_SIG_CLAMP32 if y < -_SIG_CLAMP32 else y
+    s = _ONE32 / (_ONE32 + _exp32(-y))
+    return _F32(0) if x < -_SIG_CLAMP32 else s
 
 
 @njit(**_ACT)
@@ -194,7 +198,7 @@ def _sigmoid64(x):
     u = 40.0 if u > 40.0 else u
     e = _exp_neg64(-u)
     s = 1.0 / (1.0 + e)
-    return s if x >= 0 else e * s
+    return 0.0 if x < -40.0 else (s if x >= 0 else e * s)
 
 
 # tanh on a vector (the backward's cell gradient): _tanh32's or _tanh64's
@@ -1090,13 +1094,6 @@ def _cell_grad(act, c_prev, h, c, grad_h, grad_c, msgs_h, msgs_c, at, d, n, vari
     big = vsplat(saturate(as_float_like(np.inf, c[0])))  # the largest finite float
     limit = vsplat(as_float_like(tol, c[0]))
     scale = vsplat(as_float_like(1.0 / d if variant == HALVED else 1.0, c[0]))
-    # The logistic function is clamped at -40 (fast_sigmoid; at +40 it rounds to
-    # 1, so s(1 - s) is 0 there anyway): a gate at its floor is a constant, and
-    # its derivative is 0, not s(1 - s) ~ 4e-18, which an input of 1e30 would
-    # blow up. floor_edge: the next float above the floor, so that a NaN gate
-    # keeps its NaN.
-    floor = fast_sigmoid(as_float_like(-np.inf, c[0]))
-    floor_edge = vsplat(np.nextafter(floor, as_float_like(1.0, c[0])))
     bad = False
     # 0 * the given gradients, summed: NaN in a lane iff one was NaN or inf
     # (one fma a vector; the compares wait for the end).
@@ -1132,33 +1129,29 @@ def _cell_grad(act, c_prev, h, c, grad_h, grad_c, msgs_h, msgs_c, at, d, n, vari
             hr = _vtanh(cr * o)
             du = dh_r * (one - hr * hr)
             dc_r = dc_r + du * o
-            da_o = vwhere_gt(floor_edge, o, zero, du * cr * o * (one - o))
+            da_o = du * cr * o * (one - o)
         else:  # GRAVES, HALVED, STABLE
             tc = _vtanh(cr)
             hr = o * tc
             dc_r = dc_r + dh_r * o * (one - tc * tc)
-            da_o = vwhere_gt(floor_edge, o, zero, dh_r * tc * o * (one - o))
+            da_o = dh_r * tc * o * (one - o)
         bad_h = vany_gt(vabs(hr - h_stored), limit * (one + vabs(h_stored)))
         dc_r = vwhere_gt(big, vabs(cr), dc_r, zero)  # saturated: the clip's derivative is 0
         vstore_part(da, r, dc_r * i * (one - g * g), count)
         vstore_part(da, n + r, da_o, count)
-        vstore_part(da, 2 * n + r,
-                    vwhere_gt(floor_edge, i, zero, dc_r * g * i * (one - i)), count)
+        vstore_part(da, 2 * n + r, dc_r * g * i * (one - i), count)
         if variant == STABLE:
             d_mix = dc_r * forget  # gradient of lam*up + (1-lam)*left
-            vstore_part(da, 3 * n + r, vwhere_gt(
-                floor_edge, forget, zero, dc_r * mixed * forget * (one - forget)), count)
-            vstore_part(da, 4 * n + r, vwhere_gt(
-                floor_edge, mix, zero, d_mix * (up - left) * mix * (one - mix)), count)
+            vstore_part(da, 3 * n + r, dc_r * mixed * forget * (one - forget), count)
+            vstore_part(da, 4 * n + r, d_mix * (up - left) * mix * (one - mix), count)
             vstore_part(msg_c, r, d_mix * mix, count)
             vstore_part(msg_c, n + r, d_mix * (one - mix), count)
         else:
             for k in range(d):
                 forget = vload_part(act, (3 + k) * n + r, count)
                 before = vload_part(c_prev, k * n + r, count)
-                vstore_part(da, (3 + k) * n + r, vwhere_gt(
-                    floor_edge, forget, zero, dc_r * scale * before * forget * (one - forget)),
-                    count)
+                vstore_part(da, (3 + k) * n + r, dc_r * scale * before * forget * (one - forget),
+                            count)
                 vstore_part(msg_c, k * n + r, dc_r * scale * forget, count)
         bad = bad | bad_c | bad_h
     # A NaN lane fails one + x > 0 (false for NaN): 1 there, 0 elsewhere.

@@ -451,9 +451,10 @@ def test_saturated_cells_give_finite_gradients(backend, dtype, variant):
 @pytest.mark.parametrize("variant", ["slstm", "graves", "halved", "stable"])
 def test_gates_at_their_floor_have_zero_derivative(variant, dtype, tol, gates):
     """An input of 1e30 pushes every gate of its cell past the logistic function's
-    clamp (-40), where the numba forward's gate is a constant: its derivative is 0
-    (s(1 - s) ~ 4e-18 there, times 1e30 in grad_w, was 2e10 where the python
-    backend and finite differences give ~0.1)."""
+    clamp (-40), where the numba forward's gate is the constant 0 and its
+    derivative 0 (the constant was sigma(-40) ~ 4e-18, whose s(1 - s) times 1e30
+    put 2e10 into grad_w where the python backend and finite differences give
+    ~0.1)."""
     rng = np.random.default_rng(12)
     x = rng.standard_normal((2, 3, 4, 2)).astype(dtype)
     x[0, 1, 1, 0] = 1e30
@@ -461,7 +462,7 @@ def test_gates_at_their_floor_have_zero_derivative(variant, dtype, tol, gates):
     with np.errstate(over="ignore", invalid="ignore"):
         h, c, g = fastmdlstm.forward(x, w, b, variant=variant, directions=ALL_2D,
                                      return_gates=True, backend="numba")
-        assert (g[0, 1, 1] < 1e-17).any()  # gates at their floor, sigma(-40) ~ 4e-18
+        assert (g[0, 1, 1] == 0).any()  # gates at their floor
         grad_h = rng.standard_normal(h.shape).astype(dtype)
         kw = dict(variant=variant, directions=ALL_2D, gates=g if gates else None)
         want = fastmdlstm.backward(x, w, b, grad_h, h=h, c=c, backend="python", **kw)

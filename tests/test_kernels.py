@@ -62,8 +62,14 @@ def test_activation_special_values(dtype):
     _kernels.activation_array(x, got, False)
     assert np.isnan(got[0]) and got[1] == 1 and got[2] == -1 and got[3] == 0
     _kernels.activation_array(x, got, True)
-    # sigma(-inf) is exp(-clamp), within the accuracy contract of 0
-    assert np.isnan(got[0]) and got[1] == 1 and 0 <= got[2] < 1e-8 and got[3] == 0.5
+    assert np.isnan(got[0]) and got[1] == 1 and got[2] == 0 and got[3] == 0.5
+    # Below the clamp (-40) the logistic function is 0, not the constant
+    # sigma(-40) ~ 4e-18, so that the backward's s(1 - s) is the clamped
+    # function's derivative there, 0; at -40 and above it is positive.
+    x = np.array([-40.5, -1e30, np.nextafter(dtype(-40), dtype(-50)), -40.0, -39.9], dtype)
+    got = np.empty_like(x)
+    _kernels.activation_array(x, got, True)
+    assert (got[:3] == 0).all() and (got[3:] > 0).all()
 
 
 def test_user_njit_code_calls_the_kernel():
