@@ -82,9 +82,8 @@ def _run_kernel(driver, x, w, b, d, variant, sizes, signs, inplace, h_state, c_s
             return _read_only(np.empty((0,) * 5, x.dtype))
         return _api._canonical(_read_only(a), d)
 
-    run = _api._kernels.run_backward
-    if gates is not None:
-        run = functools.partial(run, pre=canonical(gates))
+    # No gates: an empty read-only array, the given gates' type (one compile).
+    run = functools.partial(_api._kernels.run_backward, pre=canonical(gates))
     result = _api._launch(
         driver, canonical(x), _read_only(w), _read_only(b), d,
         _api._kernels.VARIANTS[variant], sizes, signs, inplace,

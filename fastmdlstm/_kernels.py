@@ -1684,8 +1684,6 @@ def run_backward(driver, x, w, bias, d, variant, sizes, signs, inplace, h_state,
     dw = np.zeros((pairs, n_rows, n_gates), dtype)
     db = np.zeros((pairs, n_gates), dtype)
     empty = np.empty((0,) * 5, dtype)
-    no_pre = empty.view()
-    no_pre.flags.writeable = False  # the type of given gates (read-only): one compile
     dh_state = np.zeros(h_state.shape, dtype) if inplace else empty
     dc_state = np.zeros(c_state.shape, dtype) if inplace else empty
     mismatch = np.zeros(pairs, np.int64)
@@ -1706,7 +1704,7 @@ def run_backward(driver, x, w, bias, d, variant, sizes, signs, inplace, h_state,
     tol = dtype.type(1e-3 if dtype == np.float32 else 1e-7)
     prob = Backward(x, w, wt, np.zeros((z_count, wt.shape[2]), dtype), bias, d, n, variant, sizes,
                     np.ascontiguousarray(-signs), inplace, h_state, c_state, h, c,
-                    no_pre if pre is None else pre, grad_h, grad_c, dx, dw, db, dh_state,
+                    empty if pre is None else pre, grad_h, grad_c, dx, dw, db, dh_state,
                     dc_state, tol, mismatch)
     DRIVERS[driver](prob, group, threads)
     # Over the samples, first to last: a reduction along the outer axis adds
