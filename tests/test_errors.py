@@ -351,8 +351,28 @@ def test_kernel_entry_point_accepts_init_params_shapes_and_says_what_is_wrong():
 def test_init_params_fails_before_allocating_what_cannot_fit(monkeypatch):
     from fastmdlstm import _api
     monkeypatch.setattr(_api, "_available_memory", lambda: 2**20)
+    monkeypatch.setattr(_api, "_free_memory", lambda: 0)  # the fast path: no verdict
     with pytest.raises(MemoryError, match="init_params"):
         fastmdlstm.init_params(64, 4096)          # 1.4e8 weights, > 1 MiB
     with pytest.raises(MemoryError, match="init_params"):
         fastmdlstm.MDLSTM2D(64, 4096)
     assert fastmdlstm.init_params(2, 3)[0].shape == (1, 8, 15)  # small: not even checked
+
+
+def test_memory_check_reads_meminfo_only_near_the_limit(monkeypatch):
+    from fastmdlstm import _api
+    calls = []
+
+    def available():
+        calls.append(1)
+        return 2**40
+
+    monkeypatch.setattr(_api, "_available_memory", available)
+    monkeypatch.setattr(_api, "_free_memory", lambda: 2**30)
+    _api._check_memory(2**29, "half of what is free")  # the system call's answer suffices
+    assert calls == []
+    _api._check_memory(2**29 + 1, "more than half")
+    assert calls == [1]
+    monkeypatch.setattr(_api, "_available_memory", lambda: 2**29)
+    with pytest.raises(MemoryError, match="more than is available"):
+        _api._check_memory(2**29 + 1, "more than is available")
