@@ -112,10 +112,12 @@ def main(argv=None):
         child(args.config, args.hidden, args.kind, args.calls)
         return
     kinds = ("backward", "forward") if args.kind == "both" else (args.kind,)
+    per = "cell" if problem(args.config, args.hidden)[0].n_directions == 1 else \
+        "cell and direction"
     for kind in kinds:
         per_cell = count(args.config, args.hidden, kind, args.calls)
         label = f"{args.config}" + (f" N={args.hidden}" if args.hidden else "")
-        print(f"{label} {kind}: {per_cell:.0f} instructions per cell (AVX2 build, one thread)")
+        print(f"{label} {kind}: {per_cell:.0f} instructions per {per} (AVX2 build, one thread)")
 
 
 if __name__ == "__main__":
