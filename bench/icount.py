@@ -24,6 +24,7 @@ Needs valgrind (callgrind_annotate). One thread, batch 8 of the configuration.
 """
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -42,13 +43,16 @@ TARGET = {
 BATCH = 8
 
 
+def configuration(config, hidden):
+    from fastmdlstm._bench import CONFIGS
+    cfg = CONFIGS[config]._replace(batch=BATCH)
+    return cfg._replace(hidden=hidden) if hidden else cfg
+
+
 def problem(config, hidden):
     import numpy as np
 
-    from fastmdlstm._bench import CONFIGS
-    cfg = CONFIGS[config]._replace(batch=BATCH)
-    if hidden:
-        cfg = cfg._replace(hidden=hidden)
+    cfg = configuration(config, hidden)
     x, w, b = cfg.problem()
     grad_h = np.random.default_rng(1).standard_normal(
         x.shape[:-1] + (cfg.n_directions * cfg.hidden,)).astype(x.dtype)
@@ -95,8 +99,8 @@ def count(config, hidden, kind, calls):
                            + me + ["--calls", str(k)], env=env, check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             counts.append(jit_instructions(out))
-    cfg, x = problem(config, hidden)[:2]
-    cells = x.size // x.shape[-1] * cfg.n_directions
+    cfg = configuration(config, hidden)
+    cells = cfg.batch * math.prod(cfg.spatial) * cfg.n_directions
     return (counts[1] - counts[0]) / calls / cells
 
 
@@ -112,7 +116,7 @@ def main(argv=None):
         child(args.config, args.hidden, args.kind, args.calls)
         return
     kinds = ("backward", "forward") if args.kind == "both" else (args.kind,)
-    per = "cell" if problem(args.config, args.hidden)[0].n_directions == 1 else \
+    per = "cell" if configuration(args.config, args.hidden).n_directions == 1 else \
         "cell and direction"
     for kind in kinds:
         per_cell = count(args.config, args.hidden, kind, args.calls)
