@@ -20,7 +20,8 @@ Implementations (extra_info "impl"):
                  per round: a burst of load from a neighbour on these shared machines
                  then hits both sides of the ratio, where separate rows can catch it on
                  one side only. extra_info "bwd_over_inference_fwd": the median of the
-                 rounds' backward / forward ratios
+                 rounds' backward / forward ratios; "bwd_over_inference_fwd_rounds":
+                 every round's ratio
 
 bench/report_backward.py turns the JSON into a table. In smoke mode
 (--benchmark-disable) every benchmark runs once on a shrunken configuration
@@ -104,6 +105,8 @@ def test_alternating(run_bench, benchmark, smoke, name):
     run_bench(pair, group=f"backward-{name}", impl="alternating", **_info(config, name))
     timed = ratios[1:] if len(ratios) > 1 else ratios  # the first call is the warm-up
     benchmark.extra_info["bwd_over_inference_fwd"] = float(np.median(timed))
+    # Every round's ratio, for report_backward's interval and for pooling runs.
+    benchmark.extra_info["bwd_over_inference_fwd_rounds"] = [float(r) for r in timed]
 
 
 @pytest.mark.parametrize("name", NAMES)

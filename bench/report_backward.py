@@ -1,7 +1,7 @@
 """Turn the JSON of bench/bench_backward.py into a markdown table.
 
     python -m pytest bench/bench_backward.py --benchmark-json=bwd.json
-    python bench/report_backward.py bwd.json
+    python bench/report_backward.py bwd.json [more.json ...]
 
 One row per configuration: median milliseconds of our forward (with the cell
 states and the gates' activations, as training runs it), our backward (given
@@ -16,9 +16,19 @@ load), "recompute / bwd" (what keeping the gates
 saves the backward; above 1 means it helps) and "torch / ours" (the peer's
 forward + backward over ours; above 1 means we are faster). The NumPy fallback's
 backward, where it was measured, follows in its own column.
+
+"alternating 95 % CI" is a distribution-free 95 % confidence interval of the
+alternating rounds' median (order statistics of the rounds: no assumption about
+how the machine's noise is distributed). Given several JSON files (separate runs,
+each a process of its own), a table per file and then the rounds of every run
+pooled per configuration: the median, its interval, the share of rounds over
+2 and the runs' own medians. Separate processes differ by more than rounds of
+one process do (code placement, the neighbours' load that hour), so the pooled
+interval is only as good as the runs are many.
 """
 
 import json
+import math
 import sys
 from collections import defaultdict
 
@@ -46,6 +56,36 @@ def load(path):
     return data.get("machine_info", {}), medians, info
 
 
+def median_interval(values, level=0.95):
+    """(median, low, high) of values, low..high a distribution-free interval that
+    holds the population median with probability >= level: the k-th smallest and
+    k-th largest value, k the largest with 2 P(Binomial(n, 1/2) < k) <= 1 - level.
+    low and high are None when there are too few values for that level (n < 6 at
+    95 %)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("values is empty")
+    middle = n // 2
+    median = ordered[middle] if n % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    k, below = 0, 0.0  # below: P(Binomial(n, 1/2) < k + 1)
+    while k < middle:
+        below += math.comb(n, k) / 2.0 ** n
+        if 2 * below > 1 - level:
+            break
+        k += 1
+    if k == 0:
+        return median, None, None
+    return median, ordered[k - 1], ordered[n - k]
+
+
+def _interval(rounds):
+    if not rounds:
+        return "–"
+    _, low, high = median_interval(rounds)
+    return f"{low:.2f}–{high:.2f}" if low is not None else "–"
+
+
 def _ms(seconds):
     return f"{seconds * 1e3:.1f}" if seconds is not None else "–"
 
@@ -63,8 +103,8 @@ def table(machine, medians, info):
              + (f"; torch {torch_version}" if torch_version else "; torch absent"), ""]
     lines += ["| configuration | forward ms | backward ms | backward (recompute) ms "
               "| fwd+bwd ms | torch fwd+bwd ms | bwd / fwd | bwd / inf. fwd | alternating "
-              "| recompute / bwd | torch / ours | python backward ms |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| alternating 95 % CI | recompute / bwd | torch / ours | python backward ms |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     names = [n for n in ORDER if n in medians] + sorted(n for n in medians if n not in ORDER)
     for name in names:
         row = medians[name]
@@ -78,21 +118,54 @@ def table(machine, medians, info):
         if "batch" in extra and "spatial" in extra:
             shape = f" (B={extra['batch']}, {'×'.join(map(str, extra['spatial']))})"
         cells = [name + shape, _ms(fwd), _ms(bwd), _ms(recompute), _ms(both), _ms(peer),
-                 _ratio(bwd, fwd), _ratio(bwd, inference), alternating, _ratio(recompute, bwd),
+                 _ratio(bwd, fwd), _ratio(bwd, inference), alternating,
+                 _interval(extra.get("bwd_over_inference_fwd_rounds")), _ratio(recompute, bwd),
                  _ratio(peer, both), _ms(python)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def pooled(infos):
+    """Lines on the alternating rounds of several runs (their `load` infos), pooled
+    per configuration."""
+    by_name = defaultdict(list)
+    for info in infos:
+        for name, extra in info.items():
+            rounds = extra.get("bwd_over_inference_fwd_rounds")
+            if rounds:
+                by_name[name].append(rounds)
+    lines = []
+    for name in [n for n in ORDER if n in by_name] + sorted(set(by_name) - set(ORDER)):
+        runs = by_name[name]
+        every = [r for rounds in runs for r in rounds]
+        median, low, high = median_interval(every)
+        interval = f"{low:.3f}–{high:.3f}" if low is not None else "too few rounds"
+        over = sum(r > 2 for r in every) / len(every)
+        per_run = ", ".join(f"{median_interval(rounds)[0]:.2f}" for rounds in runs)
+        lines.append(f"- {name}: alternating over {len(runs)} runs, {len(every)} rounds: "
+                     f"median {median:.3f} (95 % CI {interval}); rounds over 2: "
+                     f"{over:.0%}; the runs' medians: {per_run}")
+    return lines
+
+
 def main(argv):
-    if len(argv) != 1:
+    if not argv:
         print(__doc__, file=sys.stderr)
         return 2
-    machine, medians, info = load(argv[0])
-    if not medians:
-        print(f"no {PREFIX}* groups in {argv[0]}", file=sys.stderr)
-        return 1
-    print(table(machine, medians, info))
+    infos = []
+    for path in argv:
+        machine, medians, info = load(path)
+        if not medians:
+            print(f"no {PREFIX}* groups in {path}", file=sys.stderr)
+            return 1
+        if len(argv) > 1:
+            print(f"{path}:\n")
+        print(table(machine, medians, info))
+        infos.append(info)
+    if len(argv) > 1:
+        lines = pooled(infos)
+        print("\nPooled:\n" if lines else "\nNo alternating rounds to pool.")
+        print("\n".join(lines))
     return 0
 
 

@@ -63,14 +63,18 @@ def test_old_json_without_peak_still_reports(report, tmp_path):
     assert "| tiny | numba | 1000.000 | 1.0 |  |" in text
 
 
-def test_backward_table_ratios_under_their_headers(tmp_path):
+@pytest.fixture
+def report_backward():
     path = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "report_backward.py")
     if not os.path.exists(path):
         pytest.skip("bench/ is not next to tests/ (not a source checkout)")
     spec = importlib.util.spec_from_file_location("bench_report_backward", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
 
+
+def _backward_json(tmp_path, name, rounds):
     def row(impl, median, **extra):
         return {"group": "backward-standard", "stats": {"median": median},
                 "extra_info": dict(impl=impl, threads=2, **extra)}
@@ -79,12 +83,42 @@ def test_backward_table_ratios_under_their_headers(tmp_path):
             "benchmarks": [row("forward", 2.0), row("inference forward", 1.0),
                            row("backward", 3.0), row("backward (recompute)", 6.0),
                            row("fwd+bwd", 5.0), row("torch fwd+bwd", 20.0),
-                           row("alternating", 4.0, bwd_over_inference_fwd=2.5)]}
-    json_path = tmp_path / "bwd.json"
-    json_path.write_text(json.dumps(data))
-    lines = module.table(*module.load(str(json_path))).splitlines()
+                           row("alternating", 4.0, bwd_over_inference_fwd=2.5,
+                               bwd_over_inference_fwd_rounds=rounds)]}
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_backward_table_ratios_under_their_headers(report_backward, tmp_path):
+    rounds = [1.5 + 0.1 * k for k in range(10)]  # 1.5 .. 2.4
+    path = _backward_json(tmp_path, "bwd.json", rounds)
+    lines = report_backward.table(*report_backward.load(path)).splitlines()
     header = [cell.strip() for cell in lines[2].strip("|").split("|")]
     cells = dict(zip(header, (cell.strip() for cell in lines[4].strip("|").split("|"))))
     assert cells["bwd / fwd"] == "1.50" and cells["bwd / inf. fwd"] == "3.00"
     assert cells["alternating"] == "2.50" and cells["recompute / bwd"] == "2.00"
     assert cells["torch / ours"] == "4.00" and cells["backward ms"] == "3000.0"
+    # n = 10 at 95 %: the 2nd smallest to the 2nd largest (P(Bin(10, 1/2) <= 1) = 11/1024).
+    assert cells["alternating 95 % CI"] == "1.60–2.30"
+
+
+def test_median_interval_order_statistics(report_backward):
+    median_interval = report_backward.median_interval
+    assert median_interval([5, 1, 3, 2, 4]) == (3, None, None)  # 5 values: no 95 % interval
+    assert median_interval([6, 1, 2, 3, 4, 5]) == (3.5, 1, 6)  # 2/64 <= 0.05
+    # Textbook values: n = 100 gives the 40th and 61st of the sorted values.
+    assert median_interval(range(1, 101)) == (50.5, 40, 61)
+    with pytest.raises(ValueError, match="values"):
+        median_interval([])
+
+
+def test_backward_report_pools_runs(report_backward, tmp_path, capsys):
+    first = _backward_json(tmp_path, "a.json", [1.8] * 6)
+    second = _backward_json(tmp_path, "b.json", [2.2] * 3 + [1.9] * 3)
+    assert report_backward.main([first, second]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| standard") == 2  # a table per run
+    pooled = out.split("Pooled:")[1]
+    assert "2 runs, 12 rounds: median 1.850 (95 % CI 1.800–2.200)" in pooled
+    assert "rounds over 2: 25%" in pooled and "the runs' medians: 1.80, 2.05" in pooled
