@@ -121,4 +121,8 @@ def test_backward_report_pools_runs(report_backward, tmp_path, capsys):
     assert out.count("| standard") == 2  # a table per run
     pooled = out.split("Pooled:")[1]
     assert "2 runs, 12 rounds: median 1.850 (95 % CI 1.800–2.200)" in pooled
-    assert "rounds over 2: 25%" in pooled and "the runs' medians: 1.80, 2.05" in pooled
+    assert "rounds over 2: 25%" in pooled
+    assert "the runs' medians: 1.80, 2.05, their median 1.925\n" in pooled  # 2 runs: no CI
+    paths = [_backward_json(tmp_path, f"r{k}.json", [1.7 + 0.05 * k] * 6) for k in range(6)]
+    assert report_backward.main(paths) == 0
+    assert "their median 1.825 (95 % CI 1.700–1.950)" in capsys.readouterr().out
