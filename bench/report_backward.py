@@ -19,19 +19,22 @@ backward, where it was measured, follows in its own column.
 
 "alternating 95 % CI" is a distribution-free 95 % confidence interval of the
 alternating rounds' median (order statistics of the rounds: no assumption about
-how the machine's noise is distributed). Given several JSON files (separate runs,
-each a process of its own), a table per file and then the rounds of every run
-pooled per configuration: the median, its interval, the share of rounds over
-2, the runs' own medians and the median of those with its interval. Separate
-processes differ by more than rounds of one process do (the neighbours' load
-that hour), so the rounds' pooled interval is too narrow; the interval over the
-runs' medians (six runs or more) is the one to quote.
+how the machine's noise is distributed). It treats the rounds of one run as
+independent, which they are not quite (a run catches the machine in one state),
+so it is narrower than the spread between runs. Given several JSON files
+(separate runs, each a process of its own), a table per file and then the rounds
+of every run pooled per configuration, size and thread count: the median, its
+interval, the share of rounds over 2, the runs' own medians and the median of
+those with its interval. The interval over the runs' medians (six runs or more)
+is the one to quote; it still speaks only for the machine and the hour the runs
+shared.
 """
 
 import json
 import math
 import sys
 from collections import defaultdict
+from fractions import Fraction
 
 ORDER = ["standard", "digits"]
 PREFIX = "backward-"
@@ -69,10 +72,12 @@ def median_interval(values, level=0.95):
         raise ValueError("values is empty")
     middle = n // 2
     median = ordered[middle] if n % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-    k, below = 0, 0.0  # below: P(Binomial(n, 1/2) < k + 1)
+    # Exact arithmetic: 2 ** n overflows a float from n = 1024 on.
+    alpha = 1 - Fraction(str(level))
+    k, below, total = 0, 0, 2 ** n  # below: total * P(Binomial(n, 1/2) < k + 1)
     while k < middle:
-        below += math.comb(n, k) / 2.0 ** n
-        if 2 * below > 1 - level:
+        below += math.comb(n, k)
+        if 2 * below > alpha * total:
             break
         k += 1
     if k == 0:
@@ -126,18 +131,27 @@ def table(machine, medians, info):
     return "\n".join(lines)
 
 
+def _label(name, extra):
+    shape = ""
+    if "batch" in extra and "spatial" in extra:
+        shape = f"B={extra['batch']}, {'×'.join(map(str, extra['spatial']))}, "
+    return f"{name} ({shape}{extra.get('threads', '?')} threads)"
+
+
 def pooled(infos):
     """Lines on the alternating rounds of several runs (their `load` infos), pooled
-    per configuration."""
-    by_name = defaultdict(list)
+    per configuration, size and thread count (a smoke run's shrunken problem or
+    another thread count is a set of its own)."""
+    by_key = defaultdict(list)
     for info in infos:
         for name, extra in info.items():
             rounds = extra.get("bwd_over_inference_fwd_rounds")
             if rounds:
-                by_name[name].append(rounds)
+                by_key[name, _label(name, extra)].append(rounds)
     lines = []
-    for name in [n for n in ORDER if n in by_name] + sorted(set(by_name) - set(ORDER)):
-        runs = by_name[name]
+    rank = {name: k for k, name in enumerate(ORDER)}
+    for name, label in sorted(by_key, key=lambda key: (rank.get(key[0], len(ORDER)), key)):
+        runs = by_key[name, label]
         every = [r for rounds in runs for r in rounds]
         median, low, high = median_interval(every)
         interval = f"{low:.3f}–{high:.3f}" if low is not None else "too few rounds"
@@ -146,7 +160,7 @@ def pooled(infos):
         of_runs, run_low, run_high = median_interval(run_medians)
         of_runs = f"{of_runs:.3f}" + (f" (95 % CI {run_low:.3f}–{run_high:.3f})"
                                       if run_low is not None else "")
-        lines.append(f"- {name}: alternating over {len(runs)} runs, {len(every)} rounds: "
+        lines.append(f"- {label}: alternating over {len(runs)} runs, {len(every)} rounds: "
                      f"median {median:.3f} (95 % CI {interval}); rounds over 2: "
                      f"{over:.0%}; the runs' medians: "
                      f"{', '.join(f'{m:.2f}' for m in run_medians)}, their median {of_runs}")

@@ -74,10 +74,11 @@ def report_backward():
     return module
 
 
-def _backward_json(tmp_path, name, rounds):
+def _backward_json(tmp_path, name, rounds, threads=2):
     def row(impl, median, **extra):
         return {"group": "backward-standard", "stats": {"median": median},
-                "extra_info": dict(impl=impl, threads=2, **extra)}
+                "extra_info": dict(impl=impl, threads=threads, batch=16, spatial=[64, 64],
+                                   **extra)}
 
     data = {"machine_info": {"cpu": {"brand_raw": "Some CPU"}, "python_version": "3.11"},
             "benchmarks": [row("forward", 2.0), row("inference forward", 1.0),
@@ -107,8 +108,12 @@ def test_median_interval_order_statistics(report_backward):
     median_interval = report_backward.median_interval
     assert median_interval([5, 1, 3, 2, 4]) == (3, None, None)  # 5 values: no 95 % interval
     assert median_interval([6, 1, 2, 3, 4, 5]) == (3.5, 1, 6)  # 2/64 <= 0.05
+    assert median_interval(range(1, 8)) == (4, 1, 7)  # 2 * 8/128 > 0.05: k = 1
     # Textbook values: n = 100 gives the 40th and 61st of the sorted values.
     assert median_interval(range(1, 101)) == (50.5, 40, 61)
+    # Past n = 1023 the binomial sums exceed a float's range: exact arithmetic.
+    # Median of 0..1999 is 999.5, its 95 % interval about +-1.96 sqrt(n) / 2 = +-44.
+    assert median_interval(range(2000)) == (999.5, 955, 1044)
     with pytest.raises(ValueError, match="values"):
         median_interval([])
 
@@ -120,9 +125,27 @@ def test_backward_report_pools_runs(report_backward, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("| standard") == 2  # a table per run
     pooled = out.split("Pooled:")[1]
-    assert "2 runs, 12 rounds: median 1.850 (95 % CI 1.800–2.200)" in pooled
+    assert "- standard (B=16, 64×64, 2 threads): alternating over 2 runs, 12 rounds: " \
+        "median 1.850 (95 % CI 1.800–2.200)" in pooled
     assert "rounds over 2: 25%" in pooled
     assert "the runs' medians: 1.80, 2.05, their median 1.925\n" in pooled  # 2 runs: no CI
     paths = [_backward_json(tmp_path, f"r{k}.json", [1.7 + 0.05 * k] * 6) for k in range(6)]
     assert report_backward.main(paths) == 0
     assert "their median 1.825 (95 % CI 1.700–1.950)" in capsys.readouterr().out
+
+
+def test_backward_report_pools_like_with_like(report_backward, tmp_path, capsys):
+    """Runs at another thread count pool apart; a run without rounds (an older
+    JSON) still gets its table and adds nothing to the pool."""
+    two = _backward_json(tmp_path, "two.json", [1.8] * 6)
+    one = _backward_json(tmp_path, "one.json", [1.6] * 6, threads=1)
+    old = _backward_json(tmp_path, "old.json", [])
+    assert report_backward.main([two, one, old]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| standard") == 3
+    pooled = out.split("Pooled:")[1].strip().splitlines()
+    assert len(pooled) == 2
+    assert pooled[0].startswith("- standard (B=16, 64×64, 1 threads): alternating over 1 runs")
+    assert pooled[1].startswith("- standard (B=16, 64×64, 2 threads): alternating over 1 runs")
+    assert report_backward.main([old, old]) == 0
+    assert "No alternating rounds to pool." in capsys.readouterr().out
