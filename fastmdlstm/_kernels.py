@@ -730,7 +730,11 @@ def _by_problem(name, forward_impl, backward_impl):
     cache), in plain Python (NUMBA_DISABLE_JIT) by isinstance. Numba inlines
     no call with *args, so the wrappers are made with the impls' own
     parameter names; they are inlined (a call passing the bundle cost the
-    forward ~40 % on digits, whose groups are small)."""
+    forward ~40 % on digits, whose groups are small). The overload's
+    implementation is the impl's own Python function, not a wrapper calling
+    it: Numba copies an inlined function's IR once per inlining, at a cost
+    that grows faster than its size, so a wrapper layer around the backward's
+    group body cost ~20 s of its first compile."""
     params = ", ".join(inspect.signature(
         getattr(forward_impl, "py_func", forward_impl)).parameters)
     first = params.split(",")[0]
@@ -744,8 +748,7 @@ def _by_problem(name, forward_impl, backward_impl):
     def typed(*args):
         kind = getattr(args[0], "instance_class", None)
         impl = {Forward: forward_impl, Backward: backward_impl}.get(kind)
-        return None if impl is None else eval(f"lambda {params}: impl({params})",
-                                              {"impl": impl})
+        return None if impl is None else getattr(impl, "py_func", impl)
 
     scope["typed"] = typed
     exec(f"def typed_{name}({params}):\n    return typed({params})", scope)
