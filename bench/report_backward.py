@@ -92,6 +92,18 @@ def _interval(rounds):
     return f"{low:.2f}–{high:.2f}" if low is not None else "–"
 
 
+def _ordered(names):
+    """The configurations of ORDER first, in that order, then the others sorted."""
+    return [n for n in ORDER if n in names] + sorted(n for n in names if n not in ORDER)
+
+
+def _shape(extra):
+    """'B=16, 64×64' from a benchmark's extra info, or '' without its sizes."""
+    if "batch" in extra and "spatial" in extra:
+        return f"B={extra['batch']}, {'×'.join(map(str, extra['spatial']))}"
+    return ""
+
+
 def _ms(seconds):
     return f"{seconds * 1e3:.1f}" if seconds is not None else "–"
 
@@ -111,8 +123,7 @@ def table(machine, medians, info):
               "| fwd+bwd ms | torch fwd+bwd ms | bwd / fwd | bwd / inf. fwd | alternating "
               "| alternating 95 % CI | recompute / bwd | torch / ours | python backward ms |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    names = [n for n in ORDER if n in medians] + sorted(n for n in medians if n not in ORDER)
-    for name in names:
+    for name in _ordered(medians):
         row = medians[name]
         fwd, bwd, both = row.get("forward"), row.get("backward"), row.get("fwd+bwd")
         recompute, inference = row.get("backward (recompute)"), row.get("inference forward")
@@ -120,9 +131,7 @@ def table(machine, medians, info):
         extra = info.get(name, {})
         alternating = extra.get("bwd_over_inference_fwd")
         alternating = f"{alternating:.2f}" if alternating is not None else "–"
-        shape = ""
-        if "batch" in extra and "spatial" in extra:
-            shape = f" (B={extra['batch']}, {'×'.join(map(str, extra['spatial']))})"
+        shape = f" ({_shape(extra)})" if _shape(extra) else ""
         cells = [name + shape, _ms(fwd), _ms(bwd), _ms(recompute), _ms(both), _ms(peer),
                  _ratio(bwd, fwd), _ratio(bwd, inference), alternating,
                  _interval(extra.get("bwd_over_inference_fwd_rounds")), _ratio(recompute, bwd),
@@ -132,26 +141,23 @@ def table(machine, medians, info):
 
 
 def _label(name, extra):
-    shape = ""
-    if "batch" in extra and "spatial" in extra:
-        shape = f"B={extra['batch']}, {'×'.join(map(str, extra['spatial']))}, "
-    return f"{name} ({shape}{extra.get('threads', '?')} threads)"
+    shape = _shape(extra)
+    return f"{name} ({shape + ', ' if shape else ''}{extra.get('threads', '?')} threads)"
 
 
 def pooled(infos):
     """Lines on the alternating rounds of several runs (their `load` infos), pooled
     per configuration, size and thread count (a smoke run's shrunken problem or
     another thread count is a set of its own)."""
-    by_key = defaultdict(list)
+    by_name = defaultdict(lambda: defaultdict(list))  # name -> label -> runs' rounds
     for info in infos:
         for name, extra in info.items():
             rounds = extra.get("bwd_over_inference_fwd_rounds")
             if rounds:
-                by_key[name, _label(name, extra)].append(rounds)
+                by_name[name][_label(name, extra)].append(rounds)
     lines = []
-    rank = {name: k for k, name in enumerate(ORDER)}
-    for name, label in sorted(by_key, key=lambda key: (rank.get(key[0], len(ORDER)), key)):
-        runs = by_key[name, label]
+    for label, runs in ((label, runs) for name in _ordered(by_name)
+                        for label, runs in sorted(by_name[name].items())):
         every = [r for rounds in runs for r in rounds]
         median, low, high = median_interval(every)
         interval = f"{low:.3f}–{high:.3f}" if low is not None else "too few rounds"
